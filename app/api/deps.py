@@ -1,0 +1,37 @@
+"""Shared route dependencies: the running context and token guards."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.context import Context
+from app.errors import Unauthorized
+from app.tokens import Scope
+
+
+def get_context(request: Request) -> Context:
+    context: Context = request.app.state.context
+    return context
+
+
+ContextDep = Annotated[Context, Depends(get_context)]
+
+
+def require(scope: Scope) -> Depends:  # type: ignore[valid-type]
+    """A dependency that accepts the request only with a token of `scope` (raw or Bearer)."""
+
+    def check(request: Request, context: ContextDep) -> None:
+        if not context.tokens.allows(scope, request.headers.get("authorization")):
+            raise Unauthorized(
+                f"a valid {scope} token is required in the Authorization header",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return Depends(check)
+
+
+IngestAuth = require("ingest")
+ReadAuth = require("read")
+AdminAuth = require("admin")

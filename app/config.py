@@ -1,0 +1,132 @@
+"""Settings: environment variables and an optional .env file. Nothing else reads os.environ."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.auth0.catalog import CATEGORIES, LOG_TYPES
+
+CommaList = Annotated[list[str], NoDecode]
+CommaSecrets = Annotated[list[SecretStr], NoDecode]
+
+
+def split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept `sqlite:///x.db` and `postgresql://...` as people type them; pick the async driver."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError("must look like sqlite:///path/to.db or postgresql://user@host:5432/db")
+    base = scheme.split("+", 1)[0]
+    if base == "sqlite":
+        return f"sqlite+aiosqlite://{rest}"
+    if base in ("postgresql", "postgres"):
+        return f"postgresql+asyncpg://{rest}"
+    raise ValueError(f"unsupported database {scheme!r}: use sqlite:/// or postgresql://")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # --- service -----------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    data_dir: Path = Path("data")
+    database_url: str = ""
+    service_log_level: Literal["debug", "info", "warning", "error"] = "info"
+    run_workers: bool = True  # `serve` also runs the delivery and poller loops
+
+    # --- tokens (generated, kept under data_dir and printed when unset) -------------------------
+    log_stream_token: CommaSecrets = []
+    api_token: CommaSecrets = []
+    admin_token: CommaSecrets = []
+
+    # --- receiver --------------------------------------------------------------------------------
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_event_bytes: int = Field(1024 * 1024, ge=256)
+    commit_max_rows: int = Field(5000, ge=1)  # the most rows one group commit takes
+
+    # --- relay -----------------------------------------------------------------------------------
+    forward_url: AnyHttpUrl | None = None
+    forward_authorization: SecretStr | None = None
+    forward_types: CommaList = ["failure"]
+    forward_send_as_batch: bool = True
+    forward_batch_size: int = Field(100, ge=1, le=1000)
+    forward_concurrent_calls: int = Field(5, ge=1, le=100)
+    forward_signing_secret: SecretStr | None = None
+    slack_incoming_webhook_url: AnyHttpUrl | None = None
+    delivery_timeout: float = Field(10.0, gt=0)
+    delivery_max_attempts: int = Field(100, ge=1)
+    delivery_max_age: timedelta = timedelta(days=3)
+    delivery_lease: timedelta = timedelta(seconds=60)
+    delivery_poll_interval: float = Field(1.0, gt=0)
+
+    # --- poller (Auth0 Management API), with the old extensions' setting names --------------------
+    auth0_domain: str | None = None
+    auth0_client_id: str | None = None
+    auth0_client_secret: SecretStr | None = None
+    poll_schedule: str = "5m"
+    poll_max_run_seconds: float = Field(300.0, gt=0)
+    batch_size: int = Field(100, ge=1, le=100)
+    start_from: str | None = None
+    log_retention_days: int = Field(30, ge=1)
+    lag_warn_share: float = Field(0.5, gt=0, le=1)
+    webhook_url: AnyHttpUrl | None = None
+    authorization: SecretStr | None = None
+    send_as_batch: bool = True
+    webhook_concurrent_calls: int = Field(5, ge=1, le=100)
+    auth0_api_endpoints: CommaList = []
+    log_types: CommaList = []
+    log_level: int | None = Field(None, ge=0, le=4)
+    slack_send_success: bool = False
+    daily_report_time: int = Field(16, ge=0, le=23)
+
+    _split = field_validator(
+        "log_stream_token",
+        "api_token",
+        "admin_token",
+        "forward_types",
+        "auth0_api_endpoints",
+        "log_types",
+        mode="before",
+    )(split_commas)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        return normalise_database_url(value) if value else value
+
+    @field_validator("forward_types")
+    @classmethod
+    def _forward_types(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in CATEGORIES and v not in LOG_TYPES]
+        if unknown:
+            raise ValueError(f"unknown log type codes or categories: {', '.join(unknown)}")
+        return value
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Settings:
+        if not self.database_url:
+            self.database_url = normalise_database_url(f"sqlite:///{self.data_dir / 'logrelay.db'}")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def auth0_base_url(self) -> str | None:
+        """AUTH0_DOMAIN is a bare domain (https implied) or a full base URL for tests and proxies."""
+        if not self.auth0_domain:
+            return None
+        domain = self.auth0_domain.rstrip("/")
+        return domain if "://" in domain else f"https://{domain}"

@@ -1,0 +1,49 @@
+"""What a running logrelay holds: settings, the engine, the group committer, tokens and one
+outbound HTTP client. `serve` and `worker` open it the same way."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import __version__
+from app.committer import GroupCommitter
+from app.config import Settings
+from app.db import make_engine
+from app.tokens import Tokens, load_tokens
+
+USER_AGENT = f"logrelay/{__version__}"
+
+
+@dataclass
+class Context:
+    settings: Settings
+    engine: AsyncEngine
+    committer: GroupCommitter
+    http: httpx.AsyncClient
+    tokens: Tokens
+
+
+@asynccontextmanager
+async def open_context(settings: Settings) -> AsyncIterator[Context]:
+    engine = make_engine(settings)
+    # SQLite has one writer at a time; PostgreSQL takes a few transactions in parallel.
+    writers = 1 if settings.is_sqlite else 4
+    committer = GroupCommitter(engine, max_rows=settings.commit_max_rows, writers=writers)
+    http = httpx.AsyncClient(
+        headers={"User-Agent": USER_AGENT},
+        timeout=settings.delivery_timeout,
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        follow_redirects=False,
+    )
+    committer.start()
+    try:
+        yield Context(settings, engine, committer, http, load_tokens(settings))
+    finally:
+        await committer.stop()
+        await http.aclose()
+        await engine.dispose()

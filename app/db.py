@@ -1,0 +1,74 @@
+"""The engine and its dialect settings: SQLite in WAL mode with full sync, or PostgreSQL via asyncpg."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from sqlalchemy import MetaData, event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.orm import DeclarativeBase
+
+from app.config import Settings
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class RawJSON(str):
+    """JSON text that is already encoded: stored as it is, never encoded twice."""
+
+    __slots__ = ()
+
+
+def dump_json(value: Any) -> str:
+    if type(value) is RawJSON:
+        return value
+    return orjson.dumps(value).decode()
+
+
+def make_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
+    if settings.is_sqlite:
+        path = settings.database_url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            from pathlib import Path
+
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(
+            settings.database_url,
+            json_serializer=dump_json,
+            json_deserializer=orjson.loads,
+            connect_args={"timeout": 30},
+            **kwargs,
+        )
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(
+        settings.database_url,
+        json_serializer=dump_json,
+        json_deserializer=orjson.loads,
+        pool_size=10,
+        max_overflow=10,
+        pool_pre_ping=True,
+        **kwargs,
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers run beside the writer; synchronous=FULL makes each commit durable before the
+    # 2xx; busy_timeout lets `serve --workers N` processes share the file and wait for the write lock.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

@@ -1,0 +1,111 @@
+"""Expected failures carry their HTTP status; one set of handlers renders every error as JSON
+`{"error": ..., "detail": ...}`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+
+from app.responses import JSONResponse
+
+log = logging.getLogger(__name__)
+
+
+class AppError(Exception):
+    """An expected failure, shown to the client as it is."""
+
+    status_code = 400
+    error = "bad_request"
+
+    def __init__(self, detail: Any, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers
+
+
+class BadRequest(AppError):
+    """The request or its body is malformed."""
+
+
+class Unauthorized(AppError):
+    """A missing or wrong token."""
+
+    status_code = 401
+    error = "unauthorized"
+
+
+class NotFound(AppError):
+    status_code = 404
+    error = "not_found"
+
+
+class Conflict(AppError):
+    status_code = 409
+    error = "conflict"
+
+
+class PayloadTooLarge(AppError):
+    status_code = 413
+    error = "payload_too_large"
+
+
+class UnsupportedMediaType(AppError):
+    status_code = 415
+    error = "unsupported_media_type"
+
+
+class Unprocessable(AppError):
+    status_code = 422
+    error = "invalid_request"
+
+
+class Unavailable(AppError):
+    """The database is not answering; the sender should retry."""
+
+    status_code = 503
+    error = "unavailable"
+
+
+def error_response(
+    status: int, error: str, detail: Any, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+
+async def _app_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    return error_response(exc.status_code, exc.error, exc.detail, exc.headers)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = [
+        {
+            "parameter": ".".join(str(p) for p in e["loc"] if p not in ("query", "body", "path")) or "body",
+            "message": e["msg"],
+        }
+        for e in exc.errors()
+    ]
+    return error_response(422, "invalid_request", problems)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, error, exc.detail, getattr(exc, "headers", None))
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error", exc_info=exc)
+    return error_response(500, "internal_error", "an unexpected error occurred; it has been logged")
+
+
+def add_exception_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

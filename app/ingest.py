@@ -1,0 +1,143 @@
+"""Normalise events into rows and store them: insert-or-ignore plus outbox rows, in the caller's
+transaction. This module never commits; the group committer and the poller do."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import insert
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.auth0.catalog import category_of
+from app.auth0.stream import Rejected, StreamEvent
+from app.db import RawJSON
+from app.models import LogEvent, QuarantinedLine
+from app.outbox import enqueue
+
+# Longer values stay whole in `data`; the indexed copy is cut so that no index entry is oversized.
+MAX_COLUMN_CHARS = 512
+_TEXT_COLUMNS = ("user_id", "user_name", "client_id", "client_name", "connection", "ip", "description")
+
+
+@dataclass(slots=True)
+class StoreResult:
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one request (or one poller page) hands to the store."""
+
+    rows: list[dict[str, Any]]
+    rejected: list[Rejected]
+    source: str
+    received_at: datetime
+
+
+def to_rows(
+    events: Sequence[StreamEvent], source: str, received_at: datetime
+) -> tuple[list[dict[str, Any]], list[Rejected]]:
+    """One row per event; an event PostgreSQL cannot hold (a NUL character) is rejected instead."""
+    rows: list[dict[str, Any]] = []
+    rejected: list[Rejected] = []
+    for position, event in enumerate(events):
+        encoded = orjson.dumps(event.data)
+        if b"\\u0000" in encoded:
+            reason = "contains a NUL character, which the database cannot store"
+            rejected.append(Rejected(position, reason, encoded))
+            continue
+        data = event.data
+        type_ = data.get("type")
+        type_ = type_ if isinstance(type_, str) else None
+        row = {
+            "log_id": event.log_id,
+            "date": _parse_date(data.get("date")) or received_at,
+            "type": type_,
+            "category": category_of(type_),
+            "data": RawJSON(encoded.decode()),
+            "source": source,
+            "received_at": received_at,
+            "id_generated": event.id_generated,
+        }
+        for column in _TEXT_COLUMNS:
+            row[column] = _text(data.get(column))
+        rows.append(row)
+    return rows, rejected
+
+
+async def store_batches(conn: AsyncConnection, batches: Sequence[Batch]) -> list[StoreResult]:
+    """Store several batches in one statement per table; each batch gets its own counts.
+
+    A log id seen twice counts as stored for its first batch and as a duplicate after that.
+    """
+    unique: dict[str, dict[str, Any]] = {}
+    for batch in batches:
+        for row in batch.rows:
+            unique.setdefault(row["log_id"], row)
+    # Sorted keys give concurrent writers one lock order, so they never deadlock.
+    rows = [unique[key] for key in sorted(unique)]
+    stored = await insert_events(conn, rows)
+    await quarantine(conn, [(b.source, b.received_at, r) for b in batches for r in b.rejected])
+    if stored:
+        await enqueue(conn, [unique[log_id] for log_id in sorted(stored)])
+
+    results: list[StoreResult] = []
+    for batch in batches:
+        result = StoreResult(received=len(batch.rows) + len(batch.rejected), rejected=len(batch.rejected))
+        for row in batch.rows:
+            log_id = row["log_id"]
+            if log_id in stored:
+                stored.discard(log_id)
+                result.stored += 1
+            else:
+                result.duplicates += 1
+        results.append(result)
+    return results
+
+
+async def insert_events(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> set[str]:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING log_id: the ids that were new."""
+    if not rows:
+        return set()
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = (
+        dialect.insert(LogEvent).on_conflict_do_nothing(index_elements=["log_id"]).returning(LogEvent.log_id)
+    )
+    result = await conn.execute(statement, list(rows))
+    return set(result.scalars())
+
+
+async def quarantine(conn: AsyncConnection, items: Sequence[tuple[str, datetime, Rejected]]) -> None:
+    if items:
+        await conn.execute(
+            insert(QuarantinedLine),
+            [
+                {"source": source, "received_at": at, "line_no": r.position, "reason": r.reason, "raw": r.raw}
+                for source, at, r in items
+            ],
+        )
+
+
+def _parse_date(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _text(value: object) -> str | None:
+    if value is None or isinstance(value, dict | list):
+        return None
+    text = value if isinstance(value, str) else str(value)
+    return text[:MAX_COLUMN_CHARS]

@@ -1,0 +1,45 @@
+"""The FastAPI application: routes, error handlers, and the lifespan that opens the context."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import __version__
+from app.api import health, logs
+from app.config import Settings
+from app.context import open_context
+from app.errors import add_exception_handlers
+from app.responses import JSONResponse
+from app.workers import Workers
+
+
+def create_app(settings: Settings | None = None, *, run_workers: bool | None = None) -> FastAPI:
+    settings = settings or Settings()
+    workers_on = settings.run_workers if run_workers is None else run_workers
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_context(settings) as context:
+            app.state.context = context
+            workers = Workers(context)
+            if workers_on:
+                workers.start()
+            try:
+                yield
+            finally:
+                await workers.stop()
+
+    app = FastAPI(
+        title="logrelay",
+        version=__version__,
+        summary="A durable, deduplicated home for Auth0 tenant logs.",
+        default_response_class=JSONResponse,
+        lifespan=lifespan,
+    )
+    add_exception_handlers(app)
+    for module in (logs, health):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,180 @@
+"""Tables. One Alembic history (migrations/) creates them on SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base
+
+JSONData = JSON().with_variant(JSONB(), "postgresql")
+# SQLite has no BIGINT autoincrement; INTEGER PRIMARY KEY is its rowid.
+BigID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on both dialects (SQLite keeps no offset, so it is stored as naive UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class LogEvent(Base):
+    """One Auth0 log event, stored once whatever route it came by."""
+
+    __tablename__ = "log_events"
+
+    log_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    date: Mapped[datetime] = mapped_column(UTCDateTime())
+    type: Mapped[str | None] = mapped_column(String(64))
+    category: Mapped[str] = mapped_column(String(16))
+    user_id: Mapped[str | None] = mapped_column(String(512))
+    user_name: Mapped[str | None] = mapped_column(String(512))
+    client_id: Mapped[str | None] = mapped_column(String(512))
+    client_name: Mapped[str | None] = mapped_column(String(512))
+    connection: Mapped[str | None] = mapped_column(String(512))
+    ip: Mapped[str | None] = mapped_column(String(512))
+    description: Mapped[str | None] = mapped_column(String(512))
+    data: Mapped[dict[str, Any]] = mapped_column(JSONData)
+    source: Mapped[str] = mapped_column(String(16))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # True when the event carried no log id and is keyed by a hash of its content.
+    id_generated: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (
+        # Each filter index ends in (date, log_id), the order pages are read in.
+        Index(None, "date", "log_id"),
+        Index(None, "type", "date", "log_id"),
+        Index(None, "category", "date", "log_id"),
+        Index(None, "user_id", "date", "log_id"),
+        Index(None, "user_name", "date", "log_id"),
+        Index(None, "client_id", "date", "log_id"),
+        Index(None, "client_name"),
+        Index(None, "connection", "date", "log_id"),
+        Index(None, "ip", "date", "log_id"),
+        Index(None, "description"),
+    )
+
+
+class QuarantinedLine(Base):
+    """Input that could not be stored as an event, kept verbatim so that nothing is lost."""
+
+    __tablename__ = "quarantined_lines"
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    source: Mapped[str] = mapped_column(String(16))
+    line_no: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Destination(Base):
+    """A relay target. `authorization` and `signing_secret` are write-only through the API."""
+
+    __tablename__ = "destinations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(16), default="http")  # http | slack
+    url: Mapped[str] = mapped_column(Text)
+    authorization: Mapped[str | None] = mapped_column(Text)
+    signing_secret: Mapped[str | None] = mapped_column(Text)
+    # Filter: an event matches when its type is in `types` or its category in `categories`
+    # (both empty: every event), and, when `api_endpoints` is set, its request path is under one.
+    types: Mapped[list[str]] = mapped_column(JSON, default=list)
+    categories: Mapped[list[str]] = mapped_column(JSON, default=list)
+    api_endpoints: Mapped[list[str] | None] = mapped_column(JSON)
+    payload: Mapped[str] = mapped_column(String(32), default="event")
+    send_as_batch: Mapped[bool] = mapped_column(Boolean, default=True)
+    batch_size: Mapped[int] = mapped_column(Integer, default=100)
+    concurrent_calls: Mapped[int] = mapped_column(Integer, default=5)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    origin: Mapped[str] = mapped_column(String(16), default="api")  # api | env
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class OutboxItem(Base):
+    """One event queued for one destination, written in the transaction that stores the event."""
+
+    __tablename__ = "outbox_items"
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
+    destination_id: Mapped[int] = mapped_column(ForeignKey("destinations.id", ondelete="CASCADE"))
+    log_id: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|failed|delivered|dead
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index(None, "status", "next_attempt_at"),
+        Index(None, "destination_id", "status", "next_attempt_at"),
+        Index(None, "log_id"),
+    )
+
+
+class PollerState(Base):
+    """The poller's checkpoint: moved only in the transaction that stores the page it ends."""
+
+    __tablename__ = "poller_state"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    checkpoint: Mapped[str | None] = mapped_column(String(255))
+    start_from: Mapped[str | None] = mapped_column(String(255))
+    last_report_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class PollerRun(Base):
+    __tablename__ = "poller_runs"
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    start_checkpoint: Mapped[str | None] = mapped_column(String(255))
+    end_checkpoint: Mapped[str | None] = mapped_column(String(255))
+    logs_read: Mapped[int] = mapped_column(Integer, default=0)
+    stored: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    warning: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,39 @@
+"""Alembic environment: runs on the async engine logrelay itself uses, on SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+
+from alembic import context
+from sqlalchemy.engine import Connection
+
+from app import models  # noqa: F401  (registers the tables)
+from app.config import Settings
+from app.db import Base, make_engine
+
+target_metadata = Base.metadata
+
+
+def _migrate(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def _run() -> None:
+    settings = context.config.attributes.get("settings") or Settings()
+    engine = make_engine(settings)
+    async with engine.connect() as connection:
+        await connection.run_sync(_migrate)
+        await connection.commit()
+    await engine.dispose()
+
+
+if context.is_offline_mode():
+    raise SystemExit("logrelay migrations run online only: use `logrelay migrate`")
+asyncio.run(_run())

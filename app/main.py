@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import __version__
-from app.api import health, logs
+from app.api import deliveries, destinations, events, health, logs, poller
 from app.config import Settings
 from app.context import open_context
 from app.errors import add_exception_handlers
@@ -40,6 +40,6 @@ def create_app(settings: Settings | None = None, *, run_workers: bool | None = N
         lifespan=lifespan,
     )
     add_exception_handlers(app)
-    for module in (logs, health):
+    for module in (logs, events, destinations, deliveries, poller, health):
         app.include_router(module.router)
     return app

@@ -17,7 +17,12 @@ Loop = Callable[[Context, asyncio.Event], Awaitable[None]]
 
 def background_loops(context: Context) -> list[Loop]:
     """The loops this configuration needs."""
-    loops: list[Loop] = []
+    from app.delivery import run_delivery_loop
+    from app.poller import run_poller_loop
+
+    loops: list[Loop] = [run_delivery_loop]
+    if context.settings.auth0_domain:
+        loops.append(run_poller_loop)  # type: ignore[arg-type]
     return loops
 
 

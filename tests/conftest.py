@@ -1,0 +1,159 @@
+"""Test harness: a real database (SQLite, or PostgreSQL when TEST_DATABASE_URL is set), the app
+served by a real uvicorn on 127.0.0.1, and real HTTP clients."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import migrate
+from app.config import Settings
+from app.db import Base, make_engine
+from app.main import create_app
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "auth0" / "fixtures"
+if not FIXTURES.is_dir():  # CI clones the project beside shared/
+    FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "auth0" / "fixtures"
+
+INGEST_TOKEN = "ingest-token-for-tests"
+READ_TOKEN = "read-token-for-tests"
+ADMIN_TOKEN = "admin-token-for-tests"
+PG_URL = os.environ.get("TEST_DATABASE_URL")
+
+
+def is_postgres() -> bool:
+    return bool(PG_URL)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    """One migrated SQLite file, copied for each test (migrating per test is slow)."""
+    if PG_URL:
+        return None
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    migrate.upgrade(Settings(database_url=f"sqlite:///{path}", _env_file=None))  # type: ignore[call-arg]
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_schema() -> Iterator[None]:
+    if not PG_URL:
+        yield
+        return
+    settings = Settings(database_url=PG_URL, _env_file=None)  # type: ignore[call-arg]
+    migrate.downgrade(settings, "base")
+    migrate.upgrade(settings)
+    yield
+
+
+@pytest.fixture
+def database_url(tmp_path: Path, sqlite_template: Path | None, pg_schema: None) -> str:
+    if PG_URL:
+        return PG_URL
+    path = tmp_path / "logrelay.db"
+    assert sqlite_template is not None
+    shutil.copy(sqlite_template, path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, database_url: str) -> Callable[..., Settings]:
+    """Explicit settings per test; nothing comes from the environment or a .env file."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "database_url": database_url,
+            "data_dir": tmp_path / "data",
+            "log_stream_token": INGEST_TOKEN,
+            "api_token": READ_TOKEN,
+            "admin_token": ADMIN_TOKEN,
+            "run_workers": False,
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """The test's own connection to the database, for setup and assertions."""
+    engine = make_engine(settings)
+    if PG_URL:
+        async with engine.begin() as conn:
+            tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+            await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    yield engine
+    await engine.dispose()
+
+
+@dataclass
+class LiveServer:
+    base_url: str
+    app: Any
+    server: uvicorn.Server
+
+    @property
+    def context(self) -> Any:
+        return self.app.state.context
+
+
+@pytest.fixture
+async def start_server(engine: AsyncEngine) -> AsyncIterator[Callable[..., Any]]:
+    """Start the app on a real socket on 127.0.0.1 (a free port); every one stops with the test."""
+    running: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
+
+    async def start(settings: Settings, **app_kwargs: Any) -> LiveServer:
+        app = create_app(settings, **app_kwargs)
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve())
+        running.append((server, task))
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("the server stopped during start-up")
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        return LiveServer(f"http://127.0.0.1:{port}", app, server)
+
+    yield start
+    for server, _ in running:
+        server.should_exit = True
+    await asyncio.gather(*(task for _, task in running))
+
+
+@pytest.fixture
+async def live(settings: Settings, start_server: Callable[..., Any]) -> LiveServer:
+    server: LiveServer = await start_server(settings)
+    return server
+
+
+@pytest.fixture
+async def client(live: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=30) as client:
+        yield client
+
+
+def auth(token: str = INGEST_TOKEN) -> dict[str, str]:
+    return {"Authorization": token}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

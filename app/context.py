@@ -14,6 +14,8 @@ from app import __version__
 from app.committer import GroupCommitter
 from app.config import Settings
 from app.db import make_engine
+from app.destinations import env_destination_specs, sync_env_destinations
+from app.extension import extension_destination_spec
 from app.tokens import Tokens, load_tokens
 
 USER_AGENT = f"logrelay/{__version__}"
@@ -40,6 +42,11 @@ async def open_context(settings: Settings) -> AsyncIterator[Context]:
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
         follow_redirects=False,
     )
+    async with engine.begin() as conn:
+        specs = env_destination_specs(settings)
+        if extension := extension_destination_spec(settings):
+            specs.append(extension)
+        await sync_env_destinations(conn, specs)
     committer.start()
     try:
         yield Context(settings, engine, committer, http, load_tokens(settings))

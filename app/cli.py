@@ -137,3 +137,7 @@ def _announce(settings: Settings, tokens: Tokens, *, https: bool) -> None:
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()

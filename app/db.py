@@ -58,7 +58,7 @@ def make_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
         json_deserializer=orjson.loads,
         pool_size=10,
         max_overflow=10,
-        pool_pre_ping=True,
+        pool_recycle=1800,
         **kwargs,
     )
 

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import insert
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import insert, text
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.auth0.catalog import category_of
@@ -107,12 +107,45 @@ async def insert_events(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -
     """INSERT ... ON CONFLICT DO NOTHING RETURNING log_id: the ids that were new."""
     if not rows:
         return set()
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = (
-        dialect.insert(LogEvent).on_conflict_do_nothing(index_elements=["log_id"]).returning(LogEvent.log_id)
-    )
-    result = await conn.execute(statement, list(rows))
+    if conn.dialect.name == "postgresql":
+        # One statement shape whatever the row count, so asyncpg prepares it once; a multi-row
+        # VALUES list would be a new statement to prepare for every batch size.
+        columns = {name: [row[name] for row in rows] for name in _PG_COLUMNS}
+        result = await conn.execute(_PG_UNNEST_INSERT, columns)
+    else:
+        statement = (
+            sqlite.insert(LogEvent)
+            .on_conflict_do_nothing(index_elements=["log_id"])
+            .returning(LogEvent.log_id)
+        )
+        result = await conn.execute(statement, list(rows))
     return set(result.scalars())
+
+
+_PG_COLUMNS = {
+    "log_id": "text",
+    "date": "timestamptz",
+    "type": "text",
+    "category": "text",
+    "user_id": "text",
+    "user_name": "text",
+    "client_id": "text",
+    "client_name": "text",
+    "connection": "text",
+    "ip": "text",
+    "description": "text",
+    "data": "text",
+    "source": "text",
+    "received_at": "timestamptz",
+    "id_generated": "boolean",
+}
+_PG_UNNEST_INSERT = text(
+    f"INSERT INTO log_events ({', '.join(_PG_COLUMNS)}) "
+    f"SELECT {', '.join('CAST(data AS jsonb)' if c == 'data' else c for c in _PG_COLUMNS)} FROM unnest("
+    + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _PG_COLUMNS.items())
+    + f") AS u({', '.join(_PG_COLUMNS)}) "
+    "ON CONFLICT (log_id) DO NOTHING RETURNING log_id"
+)
 
 
 async def quarantine(conn: AsyncConnection, items: Sequence[tuple[str, datetime, Rejected]]) -> None:

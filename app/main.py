@@ -38,6 +38,9 @@ def create_app(settings: Settings | None = None, *, run_workers: bool | None = N
         summary="A durable, deduplicated home for Auth0 tenant logs.",
         default_response_class=JSONResponse,
         lifespan=lifespan,
+        # FastAPI's OpenTelemetry hook looks up the global providers (and the environment) on every
+        # request, a measurable share of a small ingest request; logrelay does not use it.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     add_exception_handlers(app)
     for module in (logs, events, destinations, deliveries, poller, health):

@@ -22,9 +22,8 @@ from app.config import Settings
 from app.db import Base, make_engine
 from app.main import create_app
 
+# shared/ lies beside the checkout, here and in CI.
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "auth0" / "fixtures"
-if not FIXTURES.is_dir():  # CI clones the project beside shared/
-    FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "auth0" / "fixtures"
 
 INGEST_TOKEN = "ingest-token-for-tests"
 READ_TOKEN = "read-token-for-tests"

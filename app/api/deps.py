@@ -11,7 +11,8 @@ from app.errors import Unauthorized
 from app.tokens import Scope
 
 
-def get_context(request: Request) -> Context:
+# Async so that FastAPI calls them on the event loop rather than on its thread pool.
+async def get_context(request: Request) -> Context:
     context: Context = request.app.state.context
     return context
 
@@ -22,7 +23,7 @@ ContextDep = Annotated[Context, Depends(get_context)]
 def require(scope: Scope) -> Depends:  # type: ignore[valid-type]
     """A dependency that accepts the request only with a token of `scope` (raw or Bearer)."""
 
-    def check(request: Request, context: ContextDep) -> None:
+    async def check(request: Request, context: ContextDep) -> None:
         if not context.tokens.allows(scope, request.headers.get("authorization")):
             raise Unauthorized(
                 f"a valid {scope} token is required in the Authorization header",

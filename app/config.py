@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     delivery_max_age: timedelta = timedelta(days=3)
     delivery_lease: timedelta = timedelta(seconds=60)
     delivery_poll_interval: float = Field(1.0, gt=0)
+    # Backoff after a destination fails: base * 2^(n-1) seconds with jitter, capped (relay).
+    delivery_backoff_base: float = Field(1.0, gt=0)
+    delivery_backoff_max: float = Field(3600.0, gt=0)
 
     # --- poller (Auth0 Management API), with the old extensions' setting names --------------------
     auth0_domain: str | None = None
@@ -89,6 +92,37 @@ class Settings(BaseSettings):
     log_level: int | None = Field(None, ge=0, le=4)
     slack_send_success: bool = False
     daily_report_time: int = Field(16, ge=0, le=23)
+    # Which extension WEBHOOK_URL imitates: "management" (sapi/fapi, {date, request, response}) or
+    # "authentication" (raw logs). Unset: AUTH0_API_ENDPOINTS picks the first, LOG_TYPES/LOG_LEVEL the
+    # second; with none of them set it must be given, since the two extensions sent different logs.
+    webhook_mode: Literal["management", "authentication"] | None = None
+
+    @field_validator("poll_schedule")
+    @classmethod
+    def _poll_schedule(cls, value: str) -> str:
+        from app.schedule import parse_schedule
+
+        return parse_schedule(value).text
+
+    @field_validator("start_from")
+    @classmethod
+    def _start_from(cls, value: str | None) -> str | None:
+        from app.auth0.management import start_checkpoint
+
+        if value is not None and value.strip():
+            start_checkpoint(value)
+            return value.strip()
+        return None
+
+    @model_validator(mode="after")
+    def _poller(self) -> Settings:
+        from app.extension import webhook_selection
+
+        if self.auth0_domain and not (self.auth0_client_id and self.auth0_client_secret):
+            raise ValueError("AUTH0_DOMAIN is set, so AUTH0_CLIENT_ID and AUTH0_CLIENT_SECRET are needed too")
+        if self.webhook_url:
+            webhook_selection(self)  # raises ValueError naming the settings that conflict
+        return self
 
     _split = field_validator(
         "log_stream_token",

@@ -3,6 +3,7 @@ outbound HTTP client. `serve` and `worker` open it the same way."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from app.db import make_engine
 from app.destinations import env_destination_specs, sync_env_destinations
 from app.extension import extension_destination_spec
 from app.tokens import Tokens, load_tokens
+from app.wal import run_checkpoints
 
 USER_AGENT = f"logrelay/{__version__}"
 
@@ -48,9 +50,14 @@ async def open_context(settings: Settings) -> AsyncIterator[Context]:
             specs.append(extension)
         await sync_env_destinations(conn, specs)
     committer.start()
+    stop = asyncio.Event()
+    checkpoints = asyncio.create_task(run_checkpoints(engine, stop)) if settings.is_sqlite else None
     try:
         yield Context(settings, engine, committer, http, load_tokens(settings))
     finally:
         await committer.stop()
+        stop.set()
+        if checkpoints:
+            await checkpoints
         await http.aclose()
         await engine.dispose()

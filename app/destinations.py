@@ -1,18 +1,43 @@
-"""Destinations: the relay targets. (Skeleton: the relay issue fills it in; the contract below is fixed.)"""
+"""Destinations: the relay targets. Validation, the admin operations, and the ones the environment
+declares (FORWARD_*, SLACK_INCOMING_WEBHOOK_URL, and the old extensions' settings).
+
+`authorization` and `signing_secret` are write-only: they are stored, sent, and never shown again.
+Functions here take a connection and never commit; the caller owns the transaction.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import base64
+import binascii
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
+from pydantic import BaseModel, Field, field_validator
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.auth0.catalog import CATEGORIES, LOG_TYPES
 from app.config import Settings
+from app.errors import Conflict, NotFound, Unprocessable
+from app.models import Destination, utcnow
+
+log = logging.getLogger(__name__)
 
 # Payload shapes a destination can ask for:
 #   "event"         the stored event `data` with its `log_id` (object per request, array in batch mode)
 #   "mgmt_webhook"  {date, request, response}, as the Management API Webhooks extension sent it
 #   "raw"           the log exactly as stored, as the Authentication API Webhooks extension sent it
 PAYLOADS = ("event", "mgmt_webhook", "raw")
+KINDS = ("http", "slack")
+SECRET_PREFIX = "whsec_"
+MIN_SECRET_CHARS = 16
+
+# Columns an API answer may show: everything but the two secrets.
+PUBLIC_COLUMNS = tuple(
+    c for c in Destination.__table__.columns if c.name not in ("authorization", "signing_secret")
+)
 
 
 @dataclass
@@ -34,11 +59,219 @@ class DestinationSpec:
     enabled: bool = True
 
 
+def signing_key(secret: str) -> bytes:
+    """The HMAC key for a signing secret.
+
+    A Standard Webhooks secret (`whsec_` + base64) is decoded as that standard says; any other string
+    is used as its UTF-8 bytes. Receivers verify the latter with `Webhook(secret.encode())` or with
+    `Webhook("whsec_" + base64(secret))`.
+    """
+    if secret.startswith(SECRET_PREFIX):
+        encoded = secret[len(SECRET_PREFIX) :].rstrip("=")
+        return base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    return secret.encode()
+
+
+def check_signing_secret(secret: str) -> str:
+    try:
+        key = signing_key(secret)
+    except (binascii.Error, ValueError):
+        raise ValueError("a whsec_ signing secret must be base64 after the prefix") from None
+    if secret.startswith(SECRET_PREFIX) and len(key) < 16:
+        raise ValueError("a whsec_ signing secret must hold at least 16 bytes")
+    if len(key) < MIN_SECRET_CHARS:
+        raise ValueError(f"the signing secret must be at least {MIN_SECRET_CHARS} characters")
+    return secret
+
+
+def check_url(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest.split("/", 1)[0]:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return url
+
+
+def split_types(values: list[str]) -> tuple[list[str], list[str]]:
+    """FORWARD_TYPES mixes codes and categories: split them (unknown names are refused)."""
+    unknown = [v for v in values if v not in CATEGORIES and v not in LOG_TYPES]
+    if unknown:
+        raise ValueError(f"unknown log type codes or categories: {', '.join(unknown)}")
+    return [v for v in values if v in LOG_TYPES], [v for v in values if v in CATEGORIES]
+
+
+class DestinationPatch(BaseModel):
+    """Fields of a destination; every one optional (PATCH). Secrets: null clears, absent keeps."""
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    url: str | None = None
+    kind: Literal["http", "slack"] | None = None
+    authorization: str | None = None
+    signing_secret: str | None = None
+    types: list[str] | None = None
+    categories: list[str] | None = None
+    api_endpoints: list[str] | None = None
+    payload: Literal["event", "mgmt_webhook", "raw"] | None = None
+    send_as_batch: bool | None = None
+    batch_size: int | None = Field(None, ge=1, le=1000)
+    concurrent_calls: int | None = Field(None, ge=1, le=100)
+    enabled: bool | None = None
+
+    _url = field_validator("url")(lambda v: v if v is None else check_url(v))
+    _secret = field_validator("signing_secret")(lambda v: v if v is None else check_signing_secret(v))
+
+    @field_validator("types")
+    @classmethod
+    def _types(cls, value: list[str] | None) -> list[str] | None:
+        unknown = [v for v in value or () if v not in LOG_TYPES]
+        if unknown:
+            raise ValueError(f"unknown log type codes: {', '.join(unknown)}")
+        return value
+
+    @field_validator("categories")
+    @classmethod
+    def _categories(cls, value: list[str] | None) -> list[str] | None:
+        unknown = [v for v in value or () if v not in CATEGORIES]
+        if unknown:
+            raise ValueError(f"unknown categories: {', '.join(unknown)} (use {', '.join(CATEGORIES)})")
+        return value
+
+
+class DestinationCreate(DestinationPatch):
+    """A new destination. With neither types nor categories it takes failures, like FORWARD_TYPES."""
+
+    name: str = Field(min_length=1, max_length=200)
+    url: str
+    kind: Literal["http", "slack"] = "http"
+    payload: Literal["event", "mgmt_webhook", "raw"] = "event"
+    send_as_batch: bool = True
+    batch_size: int = Field(100, ge=1, le=1000)
+    concurrent_calls: int = Field(5, ge=1, le=100)
+    enabled: bool = True
+
+
 def env_destination_specs(settings: Settings) -> list[DestinationSpec]:
-    """FORWARD_* and SLACK_INCOMING_WEBHOOK_URL as destinations (the relay issue)."""
-    return []
+    """FORWARD_* as the destination "forward" and SLACK_INCOMING_WEBHOOK_URL as "slack" (failures)."""
+    specs: list[DestinationSpec] = []
+    if settings.forward_url:
+        types, categories = split_types(settings.forward_types)
+        secret = settings.forward_signing_secret
+        auth = settings.forward_authorization
+        specs.append(
+            DestinationSpec(
+                name="forward",
+                url=str(settings.forward_url),
+                authorization=auth.get_secret_value() if auth else None,
+                signing_secret=check_signing_secret(secret.get_secret_value()) if secret else None,
+                types=types,
+                categories=categories,
+                send_as_batch=settings.forward_send_as_batch,
+                batch_size=settings.forward_batch_size,
+                concurrent_calls=settings.forward_concurrent_calls,
+            )
+        )
+    if settings.slack_incoming_webhook_url:
+        specs.append(
+            DestinationSpec(name="slack", url=str(settings.slack_incoming_webhook_url), kind="slack")
+        )
+    return specs
 
 
 async def sync_env_destinations(conn: AsyncConnection, specs: list[DestinationSpec]) -> None:
-    """Create or update each spec by name, in the caller's transaction (the relay issue)."""
-    return None
+    """Create or update each spec by name, in the caller's transaction.
+
+    An env destination whose variable was removed is disabled, not deleted: its delivery history
+    stays readable and its pending rows wait (setting the variable again resumes them).
+    """
+    existing = {row.name: row for row in await conn.execute(select(Destination.name, Destination.origin))}
+    now = utcnow()
+    for spec in specs:
+        values = asdict(spec) | {"origin": "env", "updated_at": now}
+        if spec.name not in existing:
+            await conn.execute(insert(Destination).values(**values, created_at=now))
+            continue
+        if existing[spec.name].origin != "env":
+            log.warning("the environment takes over destination %r, created through the API", spec.name)
+        await conn.execute(update(Destination).where(Destination.name == spec.name).values(**values))
+    names = [spec.name for spec in specs]
+    await conn.execute(
+        update(Destination)
+        .where(Destination.origin == "env", Destination.name.not_in(names), Destination.enabled.is_(True))
+        .values(enabled=False, updated_at=now)
+    )
+
+
+async def list_destinations(conn: AsyncConnection) -> list[dict[str, Any]]:
+    rows = await conn.execute(select(*PUBLIC_COLUMNS, *_secret_flags()).order_by(Destination.id))
+    return [dict(row._mapping) for row in rows]
+
+
+async def get_destination(conn: AsyncConnection, destination_id: int) -> dict[str, Any]:
+    row = (
+        await conn.execute(select(*PUBLIC_COLUMNS, *_secret_flags()).where(Destination.id == destination_id))
+    ).first()
+    if row is None:
+        raise NotFound(f"no destination with id {destination_id}")
+    return dict(row._mapping)
+
+
+async def create_destination(conn: AsyncConnection, fields: DestinationCreate) -> int:
+    values = fields.model_dump()
+    if not values["types"] and not values["categories"]:
+        values["categories"] = ["failure"]
+    values["types"] = values["types"] or []
+    values["categories"] = values["categories"] or []
+    now = utcnow()
+    try:
+        async with conn.begin_nested():
+            result = await conn.execute(
+                insert(Destination)
+                .values(**values, origin="api", created_at=now, updated_at=now)
+                .returning(Destination.id)
+            )
+    except IntegrityError:
+        raise Conflict(f"a destination named {fields.name!r} exists") from None
+    return int(result.scalar_one())
+
+
+async def update_destination(conn: AsyncConnection, destination_id: int, fields: DestinationPatch) -> None:
+    """Apply the fields that were sent. An env destination may be edited; the next start-up
+    re-applies its variables."""
+    values = fields.model_dump(exclude_unset=True)
+    for key in ("types", "categories"):
+        if key in values and values[key] is None:
+            values[key] = []
+    for key in ("name", "url", "kind", "payload", "send_as_batch", "batch_size", "concurrent_calls"):
+        if key in values and values[key] is None:
+            raise Unprocessable([{"parameter": key, "message": "may not be null"}])
+    if not values:
+        await get_destination(conn, destination_id)
+        return
+    try:
+        async with conn.begin_nested():
+            result = await conn.execute(
+                update(Destination)
+                .where(Destination.id == destination_id)
+                .values(**values, updated_at=utcnow())
+                .returning(Destination.id)
+            )
+            found = result.first()
+    except IntegrityError:
+        raise Conflict(f"a destination named {values.get('name')!r} exists") from None
+    if found is None:
+        raise NotFound(f"no destination with id {destination_id}")
+
+
+async def delete_destination(conn: AsyncConnection, destination_id: int) -> None:
+    """Delete a destination and its outbox rows (ON DELETE CASCADE)."""
+    result = await conn.execute(
+        delete(Destination).where(Destination.id == destination_id).returning(Destination.id)
+    )
+    if result.first() is None:
+        raise NotFound(f"no destination with id {destination_id}")
+
+
+def _secret_flags() -> list[Any]:
+    return [
+        Destination.authorization.is_not(None).label("has_authorization"),
+        Destination.signing_secret.is_not(None).label("has_signing_secret"),
+    ]

@@ -14,13 +14,15 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.auth0.catalog import category_of
-from app.auth0.stream import Rejected, StreamEvent
+from app.auth0.stream import Rejected, StreamEvent, UnencodableEvent, encode
 from app.db import RawJSON
 from app.models import LogEvent, QuarantinedLine
 from app.outbox import enqueue
 
 # Longer values stay whole in `data`; the indexed copy is cut so that no index entry is oversized.
 MAX_COLUMN_CHARS = 512
+MAX_TYPE_CHARS = 64
+MAX_LOG_ID_CHARS = 255
 _TEXT_COLUMNS = ("user_id", "user_name", "client_id", "client_name", "connection", "ip", "description")
 
 
@@ -48,15 +50,22 @@ def to_rows(
     """One row per event; an event PostgreSQL cannot hold (a NUL character) is rejected instead."""
     rows: list[dict[str, Any]] = []
     rejected: list[Rejected] = []
-    for position, event in enumerate(events):
-        encoded = orjson.dumps(event.data)
+    for event in events:
+        if len(event.log_id) > MAX_LOG_ID_CHARS or "\x00" in event.log_id:
+            reason = f"the log id is not a text of at most {MAX_LOG_ID_CHARS} characters without NUL"
+            rejected.append(_refused(event, reason))
+            continue
+        try:
+            encoded = event.encoded or encode(event.data)
+        except UnencodableEvent as exc:
+            rejected.append(_refused(event, str(exc)))
+            continue
         if b"\\u0000" in encoded:
-            reason = "contains a NUL character, which the database cannot store"
-            rejected.append(Rejected(position, reason, encoded))
+            rejected.append(_refused(event, "contains a NUL character, which the database cannot store"))
             continue
         data = event.data
         type_ = data.get("type")
-        type_ = type_ if isinstance(type_, str) else None
+        type_ = type_[:MAX_TYPE_CHARS] if isinstance(type_, str) else None
         row = {
             "log_id": event.log_id,
             "date": _parse_date(data.get("date")) or received_at,
@@ -159,14 +168,20 @@ async def quarantine(conn: AsyncConnection, items: Sequence[tuple[str, datetime,
         )
 
 
+def _refused(event: StreamEvent, reason: str) -> Rejected:
+    return Rejected(
+        event.position, reason, event.raw or event.encoded or orjson.dumps(event.data, default=str)
+    )
+
+
 def _parse_date(value: object) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):  # unparseable, or outside datetime's range once in UTC
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _text(value: object) -> str | None:

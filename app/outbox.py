@@ -1,23 +1,37 @@
-"""The transactional outbox: rows queued for destinations in the transaction that stores events."""
+"""The transactional outbox: rows queued for destinations in the transaction that stores events,
+claimed with a lease in one short transaction, and settled in another once the POST has answered.
+
+Nothing here commits and nothing here makes an HTTP call: the delivery loop owns both edges.
+"""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import insert, select
+from sqlalchemy import and_, exists, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.filters import EventFilter
 from app.models import Destination, OutboxItem
+from app.retry import Outcome, RetryPolicy, verdict_of
+
+# Rows that still want a delivery; "failed" = tried and due again at next_attempt_at.
+OPEN = ("pending", "failed")
+# Single mode claims a few rounds of calls at once, so that one claim feeds every concurrent slot.
+SINGLE_ROUNDS = 4
+MAX_CLAIM = 5000  # rows one claim may lease, whatever batch size x concurrent calls asks for
 
 
 async def enqueue(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> int:
     """Queue each newly stored event for every enabled destination whose filter matches it.
 
     Runs inside the storing transaction, so an event is never stored without being queued.
+    Costs one SELECT of the enabled destinations and at most one multi-row INSERT.
     """
     targets = await conn.execute(
         select(Destination.id, Destination.types, Destination.categories, Destination.api_endpoints).where(
@@ -33,18 +47,214 @@ async def enqueue(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> int:
         data: dict[str, Any] | None = None
         for destination_id, event_filter in filters:
             if event_filter.api_endpoints and data is None:
-                data = orjson.loads(row["data"])
+                data = orjson.loads(str(row["data"]))  # orjson refuses str subclasses (RawJSON)
             if event_filter.matches(row["type"], row["category"], data or {}):
-                items.append(
-                    {
-                        "destination_id": destination_id,
-                        "log_id": row["log_id"],
-                        "status": "pending",
-                        "attempts": 0,
-                        "created_at": now,
-                        "next_attempt_at": now,
-                    }
-                )
+                items.append(new_item(destination_id, row["log_id"], now))
     if items:
         await conn.execute(insert(OutboxItem), items)
     return len(items)
+
+
+def new_item(destination_id: int, log_id: str, now: datetime) -> dict[str, Any]:
+    return {
+        "destination_id": destination_id,
+        "log_id": log_id,
+        "status": "pending",
+        "attempts": 0,
+        "created_at": now,
+        "next_attempt_at": now,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What the sender needs of a destination (secrets included: never log or return this)."""
+
+    id: int
+    name: str
+    kind: str
+    url: str
+    authorization: str | None
+    signing_secret: str | None
+    payload: str
+    send_as_batch: bool
+    batch_size: int
+    concurrent_calls: int
+    consecutive_failures: int
+
+    @property
+    def per_call(self) -> int:
+        """Events per POST; Slack always groups a burst into one message."""
+        return self.batch_size if self.send_as_batch or self.kind == "slack" else 1
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedItem:
+    id: int
+    log_id: str
+    attempts: int  # including the attempt this claim is for
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    target: Target
+    lease_until: datetime  # also the claim's token: only its holder may settle the rows
+    items: list[ClaimedItem]
+    probe: bool  # the destination is failing: this is its one try for this backoff step
+
+
+_TARGET_COLUMNS = [getattr(Destination, name) for name in Target.__slots__]
+
+
+async def claim_due(
+    conn: AsyncConnection, destination_id: int, now: datetime, lease: timedelta, policy: RetryPolicy
+) -> Claim | None:
+    """Lease the destination's due rows (oldest first), in the caller's short transaction.
+
+    A healthy destination gets enough rows for every concurrent call; a failing one gets a single
+    batch, and its backoff is pushed to the lease end so that no other worker probes it meanwhile.
+    On PostgreSQL the destination row and the item rows are locked with SKIP LOCKED, so concurrent
+    workers claim disjoint rows; on SQLite the claim is one UPDATE ... RETURNING.
+    Rows older than the maximum age are moved to dead letter here instead of being sent.
+    """
+    postgres = conn.dialect.name == "postgresql"
+    is_due = and_(
+        OutboxItem.destination_id == destination_id,
+        OutboxItem.status.in_(OPEN),
+        OutboxItem.next_attempt_at <= now,
+        or_(OutboxItem.lease_until.is_(None), OutboxItem.lease_until <= now),
+    )
+    wanted = select(*_TARGET_COLUMNS).where(
+        Destination.id == destination_id,
+        Destination.enabled.is_(True),
+        or_(Destination.backoff_until.is_(None), Destination.backoff_until <= now),
+        exists().where(is_due),  # an idle poll stays a read: no write lock, no UPDATE
+    )
+    if postgres:
+        # NO KEY UPDATE: ingest's foreign-key checks (KEY SHARE) on this row are never blocked.
+        wanted = wanted.with_for_update(skip_locked=True, key_share=True)
+    row = (await conn.execute(wanted)).first()
+    if row is None:
+        return None
+    target = Target(**row._mapping)
+    probe = target.consecutive_failures > 0
+    rounds = 1 if probe else target.concurrent_calls * (1 if target.per_call > 1 else SINGLE_ROUNDS)
+    lease_until = now + lease
+    due = (
+        select(OutboxItem.id)
+        .where(is_due)
+        .order_by(OutboxItem.id)
+        .limit(min(target.per_call * rounds, max(target.per_call, MAX_CLAIM)))
+    )
+    if postgres:
+        due = due.with_for_update(skip_locked=True)
+    result = await conn.execute(
+        update(OutboxItem)
+        .where(OutboxItem.id.in_(due.scalar_subquery()))
+        .values(lease_until=lease_until, attempts=OutboxItem.attempts + 1, last_attempt_at=now)
+        .returning(OutboxItem.id, OutboxItem.log_id, OutboxItem.attempts, OutboxItem.created_at)
+    )
+    items = sorted((ClaimedItem(*r) for r in result), key=lambda item: item.id)
+    if not items:
+        return None
+    expired = [item.id for item in items if policy.is_expired(item.created_at, now)]
+    if expired:
+        await conn.execute(
+            update(OutboxItem)
+            .where(OutboxItem.id.in_(expired))
+            .values(
+                status="dead",
+                lease_until=None,
+                attempts=OutboxItem.attempts - 1,
+                last_error=f"expired: not delivered within {policy.max_age}",
+            )
+        )
+        items = [item for item in items if item.id not in set(expired)]
+    if probe and items:
+        await conn.execute(
+            update(Destination).where(Destination.id == destination_id).values(backoff_until=lease_until)
+        )
+    return Claim(target, lease_until, items, probe) if items else None
+
+
+async def release(conn: AsyncConnection, claim: Claim, items: Sequence[ClaimedItem], reason: str) -> None:
+    """Settle rows that cannot be sent at all (their event is gone): dead, with the reason."""
+    await conn.execute(
+        update(OutboxItem)
+        .where(OutboxItem.id.in_([i.id for i in items]), OutboxItem.lease_until == claim.lease_until)
+        .values(status="dead", lease_until=None, last_error=reason)
+    )
+    if claim.probe and len(items) == len(claim.items):  # nothing was sent: the next probe may go now
+        await conn.execute(
+            update(Destination).where(Destination.id == claim.target.id).values(backoff_until=None)
+        )
+
+
+async def record_outcomes(
+    conn: AsyncConnection,
+    claim: Claim,
+    results: Sequence[tuple[Sequence[ClaimedItem], Outcome]],
+    now: datetime,
+    policy: RetryPolicy,
+) -> None:
+    """Settle a claim's rows after their POSTs, in the caller's second short transaction.
+
+    2xx: delivered. Retryable: due again when the destination's backoff ends, unless the row has used
+    its attempts or age (then dead). Permanent 4xx: dead. Any failure backs off the whole destination.
+    Rows whose lease was taken over by another worker are left to that worker.
+    """
+    failures = [outcome for _, outcome in results if not outcome.is_success]
+    destination: dict[str, Any] = {}
+    retry_at = now
+    if any(outcome.is_success for _, outcome in results):
+        destination["last_success_at"] = now
+    if failures:
+        retry_afters = [o.retry_after for o in failures if o.retry_after is not None]
+        delay = policy.backoff(claim.target.consecutive_failures + 1, max(retry_afters, default=None))
+        retry_at = now + timedelta(seconds=delay)
+        worst = failures[-1]
+        destination |= {
+            "consecutive_failures": Destination.consecutive_failures + 1,
+            "backoff_until": retry_at,
+            "last_failure_at": now,
+            "last_error": describe_outcome(worst),
+        }
+    else:
+        destination |= {"consecutive_failures": 0, "backoff_until": None}
+
+    buckets: dict[tuple[str, int | None, str | None], list[int]] = defaultdict(list)
+    for items, outcome in results:
+        verdict = verdict_of(outcome)
+        error = None if verdict == "delivered" else describe_outcome(outcome)
+        for item in items:
+            status: str = verdict
+            if verdict == "retry":
+                status = "dead" if policy.gives_up(item.attempts, item.created_at, now) else "failed"
+            buckets[(status, outcome.status_code, error)].append(item.id)
+    for (settled, code, error), ids in buckets.items():
+        values: dict[str, Any] = {
+            "status": settled,
+            "lease_until": None,
+            "last_status_code": code,
+            "last_error": error,
+            "last_attempt_at": now,
+        }
+        if settled == "delivered":
+            values["delivered_at"] = now
+        elif settled == "failed":
+            values["next_attempt_at"] = retry_at
+        await conn.execute(
+            update(OutboxItem)
+            .where(OutboxItem.id.in_(ids), OutboxItem.lease_until == claim.lease_until)
+            .values(**values)
+        )
+    await conn.execute(update(Destination).where(Destination.id == claim.target.id).values(**destination))
+
+
+def describe_outcome(outcome: Outcome) -> str:
+    if outcome.status_code is None:
+        return outcome.error or "no answer"
+    if outcome.error:
+        return f"HTTP {outcome.status_code}: {outcome.error}"
+    return f"HTTP {outcome.status_code}"

@@ -1,7 +1,34 @@
-"""Routes for the deliveries API (to be built with its issue)."""
+"""Routes for the deliveries API: what the outbox holds, and retrying rows. Admin token only."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Any, Literal
 
-router = APIRouter(tags=["deliveries"])
+from fastapi import APIRouter, Query
+
+from app import deliveries
+from app.api.deps import AdminAuth, ContextDep
+
+router = APIRouter(prefix="/api/deliveries", tags=["deliveries"], dependencies=[AdminAuth])
+
+
+@router.get("")
+async def list_deliveries(
+    context: ContextDep,
+    destination: Annotated[int | None, Query(description="A destination id")] = None,
+    status: Literal["pending", "failed", "delivered", "dead"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before: Annotated[int | None, Query(description="The `next` value of the previous page")] = None,
+) -> dict[str, Any]:
+    """Deliveries newest first: attempts, last status code, last error and next attempt time."""
+    async with context.engine.connect() as conn:
+        return await deliveries.list_deliveries(
+            conn, destination_id=destination, status=status, limit=limit, before=before
+        )
+
+
+@router.post("/{delivery_id}/retry")
+async def retry_delivery(delivery_id: int, context: ContextDep) -> dict[str, Any]:
+    """Send this row again as soon as possible, with fresh attempts."""
+    async with context.engine.begin() as conn:
+        return await deliveries.retry_delivery(conn, delivery_id)

@@ -1,7 +1,92 @@
-"""Routes for the destinations API (to be built with its issue)."""
+"""Routes for the destinations API: manage relay targets, see their health, replay and retry.
+
+Every route needs the admin token. Secrets are accepted and never returned.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-router = APIRouter(tags=["destinations"])
+from fastapi import APIRouter, Query, Response
+
+from app import deliveries, destinations
+from app.api.deps import AdminAuth, ContextDep
+from app.destinations import DestinationCreate, DestinationPatch
+from app.errors import Unprocessable
+
+router = APIRouter(prefix="/api/destinations", tags=["destinations"], dependencies=[AdminAuth])
+
+
+@router.get("")
+async def list_destinations(context: ContextDep) -> list[dict[str, Any]]:
+    """List destinations (without their secrets)."""
+    async with context.engine.connect() as conn:
+        return await destinations.list_destinations(conn)
+
+
+@router.post("", status_code=201)
+async def create_destination(fields: DestinationCreate, context: ContextDep) -> dict[str, Any]:
+    """Create a destination; events stored from now on are queued for it."""
+    async with context.engine.begin() as conn:
+        destination_id = await destinations.create_destination(conn, fields)
+        return await destinations.get_destination(conn, destination_id)
+
+
+@router.get("/{destination_id}")
+async def get_destination(destination_id: int, context: ContextDep) -> dict[str, Any]:
+    """A destination and its health: last success and failure, backlog, oldest pending age."""
+    async with context.engine.connect() as conn:
+        destination = await destinations.get_destination(conn, destination_id)
+        destination["health"] = await deliveries.destination_health(conn, destination_id)
+        return destination
+
+
+@router.patch("/{destination_id}")
+async def update_destination(
+    destination_id: int, fields: DestinationPatch, context: ContextDep
+) -> dict[str, Any]:
+    """Change some fields of a destination (a secret set to null is removed)."""
+    async with context.engine.begin() as conn:
+        await destinations.update_destination(conn, destination_id, fields)
+        return await destinations.get_destination(conn, destination_id)
+
+
+@router.delete("/{destination_id}", status_code=204)
+async def delete_destination(destination_id: int, context: ContextDep) -> Response:
+    """Delete a destination and its queued and past deliveries."""
+    async with context.engine.begin() as conn:
+        await destinations.delete_destination(conn, destination_id)
+    return Response(status_code=204)
+
+
+@router.post("/{destination_id}/replay")
+async def replay(
+    destination_id: int,
+    context: ContextDep,
+    since: Annotated[datetime | None, Query(description="Events dated at or after this time")] = None,
+    until: Annotated[datetime | None, Query(description="Events dated before this time")] = None,
+    type: Annotated[str | None, Query(description="Codes or categories, comma-separated")] = None,
+) -> dict[str, int]:
+    """Queue stored events for this destination again (those already waiting are skipped)."""
+    since, until = _aware(since), _aware(until)
+    if since and until and since >= until:
+        raise Unprocessable([{"parameter": "until", "message": "must be later than since"}])
+    types = [t.strip() for t in (type or "").split(",") if t.strip()]
+    async with context.engine.begin() as conn:
+        queued = await deliveries.replay(conn, destination_id, since=since, until=until, types=types)
+    return {"queued": queued}
+
+
+@router.post("/{destination_id}/retry-dead")
+async def retry_dead(destination_id: int, context: ContextDep) -> dict[str, int]:
+    """Queue every dead letter of this destination again, with fresh attempts."""
+    async with context.engine.begin() as conn:
+        return {"queued": await deliveries.retry_dead(conn, destination_id)}
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """A time without an offset is taken as UTC, as Auth0 dates are."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)

@@ -41,8 +41,7 @@ async def receive_logs(request: Request, context: ContextDep) -> JSONResponse:
     }
     if rejected:
         where = "line" if parsed.framing == "jsonl" else "item"
-        answer["errors"] = [{where: r.position, "reason": r.reason} for r in parsed.rejected]
-        answer["errors"] += [{"event": r.position, "reason": r.reason} for r in unstorable]
+        answer["errors"] = [{where: r.position, "reason": r.reason} for r in rejected]
         answer["quarantined"] = len(rejected)
     return JSONResponse(answer)
 

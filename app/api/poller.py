@@ -1,7 +1,37 @@
-"""Routes for the poller API (to be built with its issue)."""
+"""GET /api/poller (checkpoint, last run, lag) and POST /api/poller/run (a pass now)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Any
+
 from fastapi import APIRouter
 
+from app import poller, poller_state
+from app.api.deps import AdminAuth, ContextDep, ReadAuth
+from app.errors import Conflict
+
 router = APIRouter(tags=["poller"])
+
+
+@router.get("/api/poller", dependencies=[ReadAuth])
+async def get_poller(context: ContextDep) -> dict[str, Any]:
+    """The poller's checkpoint, its last run and how far it trails real time."""
+    settings = context.settings
+    lag_limit = timedelta(days=settings.log_retention_days) * settings.lag_warn_share
+    async with context.engine.connect() as conn:
+        status = await poller_state.describe(conn, lag_limit)
+    return {"enabled": bool(settings.auth0_domain), "schedule": settings.poll_schedule, **status}
+
+
+@router.post("/api/poller/run", dependencies=[AdminAuth])
+async def run_poller(context: ContextDep) -> dict[str, Any]:
+    """Run one poll pass now and answer with its result (bounded by POLL_MAX_RUN_SECONDS)."""
+    if not context.settings.auth0_domain:
+        raise Conflict(
+            "the poller is not configured: set AUTH0_DOMAIN, AUTH0_CLIENT_ID and AUTH0_CLIENT_SECRET"
+        )
+    result = await poller.poll_once(context)
+    if not result.ran:
+        raise Conflict("another poll pass is running; try again when it ends")
+    return result.as_dict()

@@ -25,6 +25,9 @@ class StreamEvent:
     log_id: str
     data: dict[str, Any]
     id_generated: bool = False
+    encoded: bytes | None = None  # `data` as JSON, once the parser has encoded it
+    position: int = 0  # the line (JSON Lines) or item (array) it came from
+    raw: bytes | None = None  # the line as sent, kept should the store refuse the event
 
 
 @dataclass(slots=True)
@@ -49,15 +52,21 @@ class ParsedBody:
 
 def parse_body(body: bytes, max_event_bytes: int) -> ParsedBody:
     """Split a stream body into events and rejected items; raise BodyError if nothing is usable."""
-    body = body.removeprefix(_BOM).strip()
-    if not body:
+    if body.startswith(_BOM):
+        body = b"   " + body[len(_BOM) :]  # blanked, not cut, so positions stay those of the body as sent
+    if not body.strip():
         raise BodyError("the body is empty")
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        where = f"invalid JSON at line {exc.lineno}, column {exc.colno} (char {exc.pos}): {exc.msg}"
         if b"\n" not in body:
-            raise BodyError(f"invalid JSON: {exc}") from None
+            raise BodyError(where) from None
+        # Several lines are read as JSON Lines, which keeps every good line. If none is good and
+        # the first is broken JSON, the body was one broken document: say where it breaks.
         parsed = _parse_lines(body, max_event_bytes)
+        if not parsed.events and parsed.rejected[0].reason.startswith("invalid JSON"):
+            raise BodyError(where) from None
     else:
         parsed = _parse_document(document, max_event_bytes)
     if not parsed.events and parsed.rejected:
@@ -80,7 +89,8 @@ def _parse_lines(body: bytes, max_event_bytes: int) -> ParsedBody:
         try:
             item = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            parsed.rejected.append(Rejected(number, f"invalid JSON: {exc}", line))
+            reason = f"invalid JSON at column {exc.colno}: {exc.msg}"
+            parsed.rejected.append(Rejected(number, reason, line))
             continue
         _add_item(parsed, number, item, line, max_event_bytes)
     return parsed
@@ -108,11 +118,29 @@ def _add_item(
         parsed.rejected.append(Rejected(position, reason, raw or orjson.dumps(item)))
         return
     event = to_event(item)
-    if raw is None and len(orjson.dumps(event.data)) > max_event_bytes:
+    event.position, event.raw = position, raw
+    try:
+        event.encoded = encode(event.data)
+    except UnencodableEvent as exc:
+        parsed.rejected.append(Rejected(position, str(exc), raw or b""))
+        return
+    if len(event.encoded) > max_event_bytes:
         reason = f"event exceeds MAX_EVENT_BYTES ({max_event_bytes})"
-        parsed.rejected.append(Rejected(position, reason, orjson.dumps(item)))
+        parsed.rejected.append(Rejected(position, reason, raw or event.encoded))
         return
     parsed.events.append(event)
+
+
+class UnencodableEvent(ValueError):
+    """An event that cannot be written back as JSON."""
+
+
+def encode(data: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(data)
+    except TypeError:
+        # orjson reads 1024 levels of nesting but writes only 255.
+        raise UnencodableEvent("nested more than 255 levels deep") from None
 
 
 def to_event(item: dict[str, Any]) -> StreamEvent:

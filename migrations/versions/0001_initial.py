@@ -17,6 +17,21 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+LOG_EVENT_INDEXES: list[tuple[str, list[str], str | None]] = [
+    ("ix_log_events_date", ["date"], None),
+    ("ix_log_events_type_date", ["type", "date"], None),
+    ("ix_log_events_failure_date", ["date"], "category = 'failure'"),
+    ("ix_log_events_warning_date", ["date"], "category = 'warning'"),
+    ("ix_log_events_user_id_date", ["user_id", "date"], "user_id IS NOT NULL"),
+    ("ix_log_events_user_name_date", ["user_name", "date"], "user_name IS NOT NULL"),
+    ("ix_log_events_client_id_date", ["client_id", "date"], "client_id IS NOT NULL"),
+    ("ix_log_events_connection_date", ["connection", "date"], "connection IS NOT NULL"),
+    ("ix_log_events_ip_date", ["ip", "date"], "ip IS NOT NULL"),
+    ("ix_log_events_client_name", ["client_name"], "client_name IS NOT NULL"),
+    ("ix_log_events_description", ["description"], "description IS NOT NULL"),
+]
+
+
 def upgrade() -> None:
     op.create_table(
         "destinations",
@@ -35,6 +50,11 @@ def upgrade() -> None:
         sa.Column("concurrent_calls", sa.Integer(), nullable=False),
         sa.Column("enabled", sa.Boolean(), nullable=False),
         sa.Column("origin", sa.String(length=16), nullable=False),
+        sa.Column("consecutive_failures", sa.Integer(), nullable=False),
+        sa.Column("backoff_until", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_success_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_failure_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_destinations")),
@@ -63,45 +83,10 @@ def upgrade() -> None:
         sa.Column("id_generated", sa.Boolean(), nullable=False),
         sa.PrimaryKeyConstraint("log_id", name=op.f("pk_log_events")),
     )
-    with op.batch_alter_table("log_events", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_log_events_category_date_log_id"),
-            ["category", "date", "log_id"],
-            unique=False,
-        )
-        batch_op.create_index(
-            batch_op.f("ix_log_events_client_id_date_log_id"),
-            ["client_id", "date", "log_id"],
-            unique=False,
-        )
-        batch_op.create_index(batch_op.f("ix_log_events_client_name"), ["client_name"], unique=False)
-        batch_op.create_index(
-            batch_op.f("ix_log_events_connection_date_log_id"),
-            ["connection", "date", "log_id"],
-            unique=False,
-        )
-        batch_op.create_index(batch_op.f("ix_log_events_date_log_id"), ["date", "log_id"], unique=False)
-        batch_op.create_index(batch_op.f("ix_log_events_description"), ["description"], unique=False)
-        batch_op.create_index(
-            batch_op.f("ix_log_events_ip_date_log_id"),
-            ["ip", "date", "log_id"],
-            unique=False,
-        )
-        batch_op.create_index(
-            batch_op.f("ix_log_events_type_date_log_id"),
-            ["type", "date", "log_id"],
-            unique=False,
-        )
-        batch_op.create_index(
-            batch_op.f("ix_log_events_user_id_date_log_id"),
-            ["user_id", "date", "log_id"],
-            unique=False,
-        )
-        batch_op.create_index(
-            batch_op.f("ix_log_events_user_name_date_log_id"),
-            ["user_name", "date", "log_id"],
-            unique=False,
-        )
+    # The log_events indexes: see the comment on LogEvent.__table_args__ in app/models.py.
+    for name, columns, where in LOG_EVENT_INDEXES:
+        partial = {"sqlite_where": sa.text(where), "postgresql_where": sa.text(where)} if where else {}
+        op.create_index(name, "log_events", columns, unique=False, **partial)
 
     op.create_table(
         "poller_runs",
@@ -119,6 +104,7 @@ def upgrade() -> None:
         sa.Column("stored", sa.Integer(), nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("warning", sa.Text(), nullable=True),
+        sa.Column("caught_up", sa.Boolean(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_poller_runs")),
     )
     with op.batch_alter_table("poller_runs", schema=None) as batch_op:
@@ -131,6 +117,8 @@ def upgrade() -> None:
         sa.Column("start_from", sa.String(length=255), nullable=True),
         sa.Column("last_report_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("lease_owner", sa.String(length=64), nullable=True),
+        sa.Column("lease_until", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_poller_state")),
     )
     op.create_table(
@@ -212,17 +200,8 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_poller_runs_started_at"))
 
     op.drop_table("poller_runs")
-    with op.batch_alter_table("log_events", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_log_events_user_name_date_log_id"))
-        batch_op.drop_index(batch_op.f("ix_log_events_user_id_date_log_id"))
-        batch_op.drop_index(batch_op.f("ix_log_events_type_date_log_id"))
-        batch_op.drop_index(batch_op.f("ix_log_events_ip_date_log_id"))
-        batch_op.drop_index(batch_op.f("ix_log_events_description"))
-        batch_op.drop_index(batch_op.f("ix_log_events_date_log_id"))
-        batch_op.drop_index(batch_op.f("ix_log_events_connection_date_log_id"))
-        batch_op.drop_index(batch_op.f("ix_log_events_client_name"))
-        batch_op.drop_index(batch_op.f("ix_log_events_client_id_date_log_id"))
-        batch_op.drop_index(batch_op.f("ix_log_events_category_date_log_id"))
+    for name, _, _ in reversed(LOG_EVENT_INDEXES):
+        op.drop_index(name, table_name="log_events")
 
     op.drop_table("log_events")
     op.drop_table("destinations")

@@ -72,13 +72,17 @@ class Service:
         self.kind = kind
         self.url = fresh_database(kind, self.workdir)
         self.port = free_port()
-        self.env = os.environ | {
-            "DATABASE_URL": self.url,
-            "DATA_DIR": str(self.workdir / "data"),
-            "LOG_STREAM_TOKEN": "bench-token",
-            "RUN_WORKERS": "false",
-            "SERVICE_LOG_LEVEL": "warning",
-        } | env
+        self.env = (
+            os.environ
+            | {
+                "DATABASE_URL": self.url,
+                "DATA_DIR": str(self.workdir / "data"),
+                "LOG_STREAM_TOKEN": "bench-token",
+                "RUN_WORKERS": "false",
+                "SERVICE_LOG_LEVEL": "warning",
+            }
+            | env
+        )
         logrelay = str(Path(sys.executable).with_name("logrelay"))
         if kind != "sqlite":
             subprocess.run([logrelay, "migrate"], env=self.env, check=True, capture_output=True)
@@ -104,15 +108,33 @@ class Service:
         self.proc.wait(timeout=30)
 
 
-def loadgen(port: int, batch: int, concurrency: int, duration: float, dup_ratio: float, engine: str) -> dict[str, Any]:
+def loadgen(
+    port: int, batch: int, concurrency: int, duration: float, dup_ratio: float, engine: str
+) -> dict[str, Any]:
     out = subprocess.run(
         [
-            sys.executable, str(BENCH / "loadgen.py"),
-            "--url", f"http://127.0.0.1:{port}/api/logs", "--token", "bench-token",
-            "--format", "jsonl", "--batch", str(batch), "--concurrency", str(concurrency),
-            "--duration", str(duration), "--dup-ratio", str(dup_ratio), "--engine", engine,
+            sys.executable,
+            str(BENCH / "loadgen.py"),
+            "--url",
+            f"http://127.0.0.1:{port}/api/logs",
+            "--token",
+            "bench-token",
+            "--format",
+            "jsonl",
+            "--batch",
+            str(batch),
+            "--concurrency",
+            str(concurrency),
+            "--duration",
+            str(duration),
+            "--dup-ratio",
+            str(dup_ratio),
+            "--engine",
+            engine,
         ],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
@@ -123,9 +145,23 @@ def ceiling(kind: str) -> float:
     if kind == "postgresql":
         fresh_database(kind, out_file.parent)
     subprocess.run(
-        [sys.executable, str(BENCH / "storage_bench.py"), "--methods", CEILING[kind], "--txn", "100",
-         "--reps", "1", "--rows", "30000", "--out", str(out_file)],
-        env=env, check=True, capture_output=True,
+        [
+            sys.executable,
+            str(BENCH / "storage_bench.py"),
+            "--methods",
+            CEILING[kind],
+            "--txn",
+            "100",
+            "--reps",
+            "1",
+            "--rows",
+            "30000",
+            "--out",
+            str(out_file),
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
     )
     return float(json.loads(out_file.read_text().splitlines()[-1])["rows_per_s"])
 
@@ -141,19 +177,29 @@ def run_one(kind: str, batch: int, args: argparse.Namespace, env: dict[str, str]
     stored = count_events(kind, service.url)
     raw = ceiling(kind)
     return {
-        "database": kind, "batch": batch, "concurrency": concurrency,
-        "events_per_s": result["events_per_s"], "requests_per_s": result["requests_per_s"],
-        "p50_ms": result["latency_ms"]["p50"], "p99_ms": result["latency_ms"]["p99"],
-        "non_2xx": result["non_2xx"], "errors": result["errors"],
-        "ceiling_rows_per_s": raw, "ratio": round(result["unique_events_per_s"] / raw, 3),
-        "stored": stored, "unique_sent": result["unique_events"],
-        "stored_equals_unique": stored == result["unique_events"], "rss_kib": rss,
+        "database": kind,
+        "batch": batch,
+        "concurrency": concurrency,
+        "events_per_s": result["events_per_s"],
+        "requests_per_s": result["requests_per_s"],
+        "p50_ms": result["latency_ms"]["p50"],
+        "p99_ms": result["latency_ms"]["p99"],
+        "non_2xx": result["non_2xx"],
+        "errors": result["errors"],
+        "ceiling_rows_per_s": raw,
+        "ratio": round(result["unique_events_per_s"] / raw, 3),
+        "stored": stored,
+        "unique_sent": result["unique_events"],
+        "stored_equals_unique": stored == result["unique_events"],
+        "rss_kib": rss,
         "outbox": bool(env),
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--batches", default="1,10,100")
     parser.add_argument("--runs", type=int, default=3, help="runs per case; the summary gives medians")
@@ -169,7 +215,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for kind in args.databases.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
-            for env in ([{}, outbox_env] if args.outbox else [{}]):
+            for env in [{}, outbox_env] if args.outbox else [{}]:
                 for _ in range(args.runs):
                     row = run_one(kind, batch, args, env)
                     print(json.dumps(row), flush=True)
@@ -179,11 +225,15 @@ def main() -> None:
     keys = sorted({(r["database"], r["batch"], r["outbox"]) for r in rows})
     for kind, batch, outbox in keys:
         group = [r for r in rows if (r["database"], r["batch"], r["outbox"]) == (kind, batch, outbox)]
-        med = {k: statistics.median(r[k] for r in group)
-               for k in ("events_per_s", "requests_per_s", "p50_ms", "p99_ms", "ceiling_rows_per_s", "ratio")}
+        med = {
+            k: statistics.median(r[k] for r in group)
+            for k in ("events_per_s", "requests_per_s", "p50_ms", "p99_ms", "ceiling_rows_per_s", "ratio")
+        }
         exact = all(r["stored_equals_unique"] and not r["non_2xx"] for r in group)
-        print(f"{kind:11s} {batch:5d} {outbox!s:6s} {med['events_per_s']:9.0f} {med['requests_per_s']:6.0f} "
-              f"{med['p50_ms']:7.1f} {med['p99_ms']:6.1f} {med['ceiling_rows_per_s']:10.0f} {med['ratio']:6.2f}  {exact}")
+        print(
+            f"{kind:11s} {batch:5d} {outbox!s:6s} {med['events_per_s']:9.0f} {med['requests_per_s']:6.0f} "
+            f"{med['p50_ms']:7.1f} {med['p99_ms']:6.1f} {med['ceiling_rows_per_s']:10.0f} {med['ratio']:6.2f}  {exact}"
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,270 @@
+"""The Auth0 Management API, as far as the poller needs it: a client-credentials token and
+`GET /api/v2/logs` by checkpoint. Every failure becomes one ManagementError subclass with a message
+that names the cause and never a secret."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import orjson
+
+# Observed log id format (README 2.1): "900" + YYYYMMDDHHMMSS (UTC) + more digits, 56 in all.
+_ID_DATE = re.compile(r"^900(\d{14})")
+TOKEN_MARGIN_SECONDS = 60.0  # renew this long before the token expires
+
+
+class ManagementError(Exception):
+    """Auth0 could not be read; the message says why."""
+
+
+class CredentialsRejected(ManagementError):
+    """The token endpoint refused AUTH0_CLIENT_ID/AUTH0_CLIENT_SECRET."""
+
+
+class Unreachable(ManagementError):
+    """No HTTP answer: DNS, connection or timeout."""
+
+
+class BadAnswer(ManagementError):
+    """An answer that is not what the API documents (status or body)."""
+
+
+class ServerError(BadAnswer):
+    """A 5xx answer: worth asking again."""
+
+
+class UnknownCheckpoint(ManagementError):
+    """Auth0 answered 400 to `from=<checkpoint>`: the log is past retention or never existed."""
+
+
+class RateLimited(ManagementError):
+    """HTTP 429: wait until `reset_at` (unix seconds) and ask again."""
+
+    def __init__(self, reset_at: float) -> None:
+        super().__init__(f"rate limited until {datetime.fromtimestamp(reset_at, UTC).isoformat()}")
+        self.reset_at = reset_at
+
+
+def log_id_at(moment: datetime) -> str:
+    """The smallest log id of `moment`'s second: `from=` it reads every log from that time on."""
+    return "900" + moment.astimezone(UTC).strftime("%Y%m%d%H%M%S") + "0" * 39
+
+
+def date_of_log_id(log_id: str | None) -> datetime | None:
+    """The UTC second a log id was issued in, when it has the observed format."""
+    match = _ID_DATE.match(log_id or "")
+    if not match:
+        return None
+    try:
+        return datetime.strptime(match.group(1), "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def start_checkpoint(start_from: str) -> str:
+    """START_FROM as a checkpoint: an ISO date/time becomes a log id prefix; anything else is a log id."""
+    text = start_from.strip()
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}([T ].*)?", text):
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ValueError(f"START_FROM {text!r} is not a valid ISO date/time: {exc}") from None
+        return log_id_at(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+    return text
+
+
+@dataclass(slots=True)
+class RateLimit:
+    remaining: int | None = None
+    reset_at: float | None = None  # unix seconds
+
+    @classmethod
+    def of(cls, response: httpx.Response) -> RateLimit:
+        return cls(_number(response.headers.get("x-ratelimit-remaining")), _reset(response))
+
+
+@dataclass(slots=True)
+class LogsPage:
+    items: list[dict[str, Any]]
+    rate: RateLimit = field(default_factory=RateLimit)
+
+
+@dataclass(slots=True)
+class _Token:
+    value: str
+    expires_at: float  # monotonic
+
+
+class TokenCache:
+    """Tokens by (base URL, client id, secret digest), shared by every pass of this process: each
+    fetch costs a rate-limited call and writes a `seccft` log in the tenant."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[tuple[str, str, str], _Token] = {}
+
+    def get(self, key: tuple[str, str, str]) -> str | None:
+        token = self._tokens.get(key)
+        return token.value if token and token.expires_at > time.monotonic() else None
+
+    def put(self, key: tuple[str, str, str], value: str, expires_in: float) -> None:
+        self._tokens[key] = _Token(value, time.monotonic() + max(expires_in - TOKEN_MARGIN_SECONDS, 0))
+
+    def drop(self, key: tuple[str, str, str]) -> None:
+        self._tokens.pop(key, None)
+
+    def clear(self) -> None:
+        self._tokens.clear()
+
+
+TOKENS = TokenCache()
+
+
+class ManagementClient:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        base_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        tokens: TokenCache = TOKENS,
+        timeout: float = 30.0,
+    ) -> None:
+        self._http = http
+        self._base = base_url.rstrip("/")
+        self._client_id = client_id
+        self._secret = client_secret
+        self._tokens = tokens
+        # The secret's digest is in the key: new credentials never reuse an old token.
+        self._key = (self._base, client_id, hashlib.sha256(client_secret.encode()).hexdigest())
+        self._timeout = timeout
+
+    async def get_logs(self, checkpoint: str | None, take: int) -> LogsPage:
+        """The `take` logs after `checkpoint` in log id order; with no checkpoint, the oldest retained
+        logs (search mode, sorted by date ascending, as the extensions did)."""
+        if checkpoint is None:
+            params: dict[str, str | int] = {"sort": "date:1", "page": 0, "per_page": take}
+        else:
+            params = {"from": checkpoint, "take": take}
+        response = await self._get_with_token("/api/v2/logs", params)
+        if response.status_code == 429:
+            raise RateLimited(_reset(response) or time.time() + 1)
+        if response.status_code == 400 and checkpoint is not None:
+            raise UnknownCheckpoint(
+                f"Auth0 does not know the checkpoint {checkpoint} (400: {_auth0_message(response)})"
+            )
+        if response.status_code == 403:
+            self._tokens.drop(self._key)
+            raise BadAnswer(
+                f"Auth0 refused to list logs (403: {_auth0_message(response)}); the client "
+                "needs the read:logs scope on the Management API"
+            )
+        if response.status_code >= 500:
+            raise ServerError(f"GET /api/v2/logs answered {response.status_code}: {_auth0_message(response)}")
+        if response.status_code != 200:
+            raise BadAnswer(f"GET /api/v2/logs answered {response.status_code}: {_auth0_message(response)}")
+        items = _json(response, "GET /api/v2/logs")
+        if isinstance(items, dict) and isinstance(items.get("logs"), list):
+            items = items["logs"]  # include_totals shape
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise BadAnswer("GET /api/v2/logs did not answer a JSON array of log objects")
+        return LogsPage(items, RateLimit.of(response))
+
+    async def _get_with_token(self, path: str, params: dict[str, str | int]) -> httpx.Response:
+        for attempt in (1, 2):
+            token = await self._token()
+            response = await self._request(
+                "GET", path, params=params, headers={"Authorization": f"Bearer {token}"}
+            )
+            if response.status_code != 401 or attempt == 2:
+                return response
+            self._tokens.drop(self._key)  # expired or revoked early: fetch a new one once
+        raise AssertionError("unreachable")
+
+    async def _token(self) -> str:
+        if token := self._tokens.get(self._key):
+            return token
+        body = {
+            "grant_type": "client_credentials",
+            "client_id": self._client_id,
+            "client_secret": self._secret,
+            "audience": f"{self._base}/api/v2/",
+        }
+        response = await self._request("POST", "/oauth/token", json=body)
+        if response.status_code in (401, 403):
+            raise CredentialsRejected(
+                f"Auth0 refused the client credentials of AUTH0_CLIENT_ID {self._client_id!r} "
+                f"({response.status_code}: {_auth0_message(response)})"
+            )
+        if response.status_code != 200:
+            error = ServerError if response.status_code >= 500 else BadAnswer
+            raise error(f"POST /oauth/token answered {response.status_code}: {_auth0_message(response)}")
+        answer = _json(response, "POST /oauth/token")
+        value = answer.get("access_token") if isinstance(answer, dict) else None
+        if not isinstance(value, str) or not value:
+            raise BadAnswer("POST /oauth/token answered without an access_token")
+        expires_in = answer.get("expires_in") if isinstance(answer, dict) else None
+        self._tokens.put(
+            self._key, value, float(expires_in) if isinstance(expires_in, int | float) else 3600.0
+        )
+        return value
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return await self._http.request(method, self._base + path, timeout=self._timeout, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise Unreachable(
+                f"Auth0 at {self._base} did not answer {method} {path} in time ({_why(exc)})"
+            ) from None
+        except httpx.TransportError as exc:
+            raise Unreachable(f"cannot reach Auth0 at {self._base} ({method} {path}: {_why(exc)})") from None
+
+
+def _json(response: httpx.Response, what: str) -> Any:
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        kind = response.headers.get("content-type", "no content type")
+        raise BadAnswer(
+            f"{what} answered {response.status_code} with a body that is not JSON ({kind})"
+        ) from None
+
+
+def _auth0_message(response: httpx.Response) -> str:
+    """Auth0's own error text (`error_description`, `message` or `error`), cut short."""
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return response.reason_phrase or "no JSON body"
+    if isinstance(body, dict):
+        for key in ("error_description", "message", "error"):
+            if isinstance(body.get(key), str):
+                return str(body[key])[:300]
+    return response.reason_phrase or "no message"
+
+
+def _why(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _number(value: str | None) -> int | None:
+    try:
+        return int(float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _reset(response: httpx.Response) -> float | None:
+    """x-ratelimit-reset is a unix time; a small number is read as seconds from now instead."""
+    value = response.headers.get("x-ratelimit-reset")
+    try:
+        reset = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return time.time() + reset if reset is not None and reset < 1e9 else reset

@@ -1,0 +1,239 @@
+"""Operating the relay: list deliveries, retry them, replay stored events, a destination's health.
+
+Functions take a connection and never commit; the route's transaction does.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, exists, func, insert, or_, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.auth0.catalog import CATEGORIES, LOG_TYPES
+from app.errors import Conflict, NotFound, Unprocessable
+from app.filters import EventFilter
+from app.models import Destination, LogEvent, OutboxItem
+from app.outbox import OPEN, new_item
+
+STATUSES = ("pending", "failed", "delivered", "dead")
+REPLAY_CHUNK = 2000
+
+_ROW = (
+    OutboxItem.id,
+    OutboxItem.destination_id,
+    OutboxItem.log_id,
+    OutboxItem.status,
+    OutboxItem.attempts,
+    OutboxItem.created_at,
+    OutboxItem.next_attempt_at,
+    OutboxItem.last_attempt_at,
+    OutboxItem.delivered_at,
+    OutboxItem.last_status_code,
+    OutboxItem.last_error,
+    OutboxItem.lease_until,
+)
+
+
+async def list_deliveries(
+    conn: AsyncConnection,
+    *,
+    destination_id: int | None,
+    status: str | None,
+    limit: int,
+    before: int | None,
+) -> dict[str, Any]:
+    """Newest first; `next` is the `before` value of the following page (None at the end)."""
+    query = select(*_ROW).order_by(OutboxItem.id.desc()).limit(limit + 1)
+    if destination_id is not None:
+        query = query.where(OutboxItem.destination_id == destination_id)
+    if status is not None:
+        query = query.where(OutboxItem.status == status)
+    if before is not None:
+        query = query.where(OutboxItem.id < before)
+    rows = [_delivery(row._mapping) for row in await conn.execute(query)]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {"items": rows, "next": rows[-1]["id"] if more else None}
+
+
+async def retry_delivery(conn: AsyncConnection, delivery_id: int) -> dict[str, Any]:
+    """Queue one row again now, with a fresh attempt budget and age; its destination is tried at once."""
+    now = datetime.now(UTC)
+    row = (await conn.execute(select(*_ROW).where(OutboxItem.id == delivery_id))).first()
+    if row is None:
+        raise NotFound(f"no delivery with id {delivery_id}")
+    if row.lease_until is not None and row.lease_until > now:
+        raise Conflict(f"delivery {delivery_id} is being sent right now")
+    await conn.execute(update(OutboxItem).where(OutboxItem.id == delivery_id).values(**_fresh(now)))
+    await _wake(conn, row.destination_id)
+    changed = (await conn.execute(select(*_ROW).where(OutboxItem.id == delivery_id))).one()
+    return _delivery(changed._mapping)
+
+
+async def retry_dead(conn: AsyncConnection, destination_id: int) -> int:
+    """Queue every dead letter of a destination again; returns how many."""
+    await _require(conn, destination_id)
+    result = await conn.execute(
+        update(OutboxItem)
+        .where(OutboxItem.destination_id == destination_id, OutboxItem.status == "dead")
+        .values(**_fresh(datetime.now(UTC)))
+    )
+    await _wake(conn, destination_id)
+    return result.rowcount or 0
+
+
+async def replay(
+    conn: AsyncConnection,
+    destination_id: int,
+    *,
+    since: datetime | None,
+    until: datetime | None,
+    types: list[str],
+) -> int:
+    """Queue stored events dated in [since, until) for a destination again; returns how many.
+
+    `types` (codes or categories) replaces the destination's type filter when given; its API endpoint
+    filter always applies. Events that already wait for this destination are not queued twice.
+    """
+    destination = await _require(conn, destination_id)
+    unknown = [t for t in types if t not in LOG_TYPES and t not in CATEGORIES]
+    if unknown:
+        raise Unprocessable([{"parameter": "type", "message": f"unknown types: {', '.join(unknown)}"}])
+    if types:
+        wanted = EventFilter.of(
+            [t for t in types if t in LOG_TYPES],
+            [t for t in types if t in CATEGORIES],
+            destination.api_endpoints,
+        )
+    else:
+        wanted = EventFilter.of(destination.types, destination.categories, destination.api_endpoints)
+    waiting = exists().where(
+        OutboxItem.destination_id == destination_id,
+        OutboxItem.log_id == LogEvent.log_id,
+        OutboxItem.status.in_(OPEN),
+    )
+    query = select(LogEvent.log_id, LogEvent.date, LogEvent.type, LogEvent.category).where(~waiting)
+    if wanted.api_endpoints:
+        query = query.add_columns(LogEvent.data)
+    if wanted.types or wanted.categories:
+        query = query.where(
+            or_(LogEvent.type.in_(sorted(wanted.types)), LogEvent.category.in_(sorted(wanted.categories)))
+        )
+    if since is not None:
+        query = query.where(LogEvent.date >= since)
+    if until is not None:
+        query = query.where(LogEvent.date < until)
+    query = query.order_by(LogEvent.date, LogEvent.log_id).limit(REPLAY_CHUNK)
+    now = datetime.now(UTC)
+    queued = 0
+    after: tuple[datetime, str] | None = None
+    while True:
+        page = query
+        if after is not None:
+            page = page.where(tuple_(LogEvent.date, LogEvent.log_id) > after)
+        rows = list(await conn.execute(page))
+        if not rows:
+            return queued
+        items = [
+            new_item(destination_id, row.log_id, now)
+            for row in rows
+            if wanted.matches(row.type, row.category, getattr(row, "data", None) or {})
+        ]
+        if items:
+            await conn.execute(insert(OutboxItem), items)
+            queued += len(items)
+        after = (rows[-1].date, rows[-1].log_id)
+
+
+async def destination_health(conn: AsyncConnection, destination_id: int) -> dict[str, Any]:
+    """Last success and failure, the backoff state, the backlog and how old its oldest row is."""
+    state = (
+        await conn.execute(
+            select(
+                Destination.last_success_at,
+                Destination.last_failure_at,
+                Destination.last_error,
+                Destination.consecutive_failures,
+                Destination.backoff_until,
+            ).where(Destination.id == destination_id)
+        )
+    ).first()
+    if state is None:
+        raise NotFound(f"no destination with id {destination_id}")
+    counts = dict.fromkeys(STATUSES, 0)
+    rows = await conn.execute(
+        select(OutboxItem.status, func.count())
+        .where(OutboxItem.destination_id == destination_id)
+        .group_by(OutboxItem.status)
+    )
+    counts.update({row[0]: row[1] for row in rows})
+    oldest = await conn.scalar(
+        select(func.min(OutboxItem.created_at)).where(
+            OutboxItem.destination_id == destination_id, OutboxItem.status.in_(OPEN)
+        )
+    )
+    if isinstance(oldest, str):  # SQLite's MIN() loses the column type
+        oldest = datetime.fromisoformat(oldest)
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=UTC)
+    now = datetime.now(UTC)
+    failing = state.consecutive_failures > 0
+    return {
+        "status": "failing" if failing else "ok",
+        "last_success_at": state.last_success_at,
+        "last_failure_at": state.last_failure_at,
+        "last_error": state.last_error,
+        "consecutive_failures": state.consecutive_failures,
+        "next_attempt_at": state.backoff_until if failing else None,
+        "backlog": counts["pending"] + counts["failed"],
+        "oldest_pending_at": oldest,
+        "oldest_pending_age_seconds": round((now - oldest).total_seconds(), 3) if oldest else None,
+        "counts": counts,
+    }
+
+
+def _fresh(now: datetime) -> dict[str, Any]:
+    return {
+        "status": "pending",
+        "attempts": 0,
+        "created_at": now,
+        "next_attempt_at": now,
+        "lease_until": None,
+        "delivered_at": None,
+    }
+
+
+async def _wake(conn: AsyncConnection, destination_id: int) -> None:
+    """An operator's retry means "now": end the destination's backoff (it still probes first)."""
+    await conn.execute(
+        update(Destination)
+        .where(
+            Destination.id == destination_id,
+            and_(Destination.backoff_until.is_not(None), Destination.consecutive_failures > 0),
+        )
+        .values(backoff_until=None)
+    )
+
+
+async def _require(conn: AsyncConnection, destination_id: int) -> Any:
+    row = (
+        await conn.execute(
+            select(Destination.types, Destination.categories, Destination.api_endpoints).where(
+                Destination.id == destination_id
+            )
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"no destination with id {destination_id}")
+    return row
+
+
+def _delivery(row: Any) -> dict[str, Any]:
+    item = dict(row)
+    lease = item.pop("lease_until")
+    item["in_flight"] = lease is not None and lease > datetime.now(UTC)
+    if item["status"] not in ("pending", "failed"):
+        item["next_attempt_at"] = None
+    return item

@@ -1,0 +1,201 @@
+"""The poller's tables: the checkpoint row (poller_state), the one-pass-at-a-time lock, and the run
+history (poller_runs). Functions take a connection and never commit, except the lock, which needs
+its own connection (PostgreSQL) or its own short transactions (SQLite)."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Row, insert, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.models import PollerRun, PollerState
+
+STATE = "default"
+# pg_try_advisory_lock key: "logrelay" as a 64-bit number.
+ADVISORY_KEY = int.from_bytes(b"logrelay", "big")
+
+
+class LeaseLost(Exception):
+    """Another pass took the SQLite lease (this one overran it); its page is rolled back."""
+
+
+@dataclass(slots=True)
+class State:
+    checkpoint: str | None
+    start_from: str | None
+    last_report_at: datetime | None
+
+
+@dataclass(slots=True)
+class Lease:
+    """Proof that this pass may move the checkpoint. `owner` fences writes on SQLite; PostgreSQL
+    holds an advisory lock instead (owner None)."""
+
+    owner: str | None
+    seconds: float
+
+
+async def ensure_state(conn: AsyncConnection) -> None:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(PollerState).values(name=STATE, updated_at=datetime.now(UTC))
+    await conn.execute(statement.on_conflict_do_nothing(index_elements=["name"]))
+
+
+async def load_state(conn: AsyncConnection) -> State:
+    row = (
+        await conn.execute(
+            select(PollerState.checkpoint, PollerState.start_from, PollerState.last_report_at).where(
+                PollerState.name == STATE
+            )
+        )
+    ).first()
+    return State(row.checkpoint, row.start_from, row.last_report_at) if row else State(None, None, None)
+
+
+async def save_checkpoint(
+    conn: AsyncConnection, lease: Lease, checkpoint: str | None, start_from: str | None
+) -> None:
+    """Move the checkpoint in the caller's (storing) transaction; LeaseLost if the lease is gone."""
+    now = datetime.now(UTC)
+    values: dict[str, object] = {"checkpoint": checkpoint, "start_from": start_from, "updated_at": now}
+    statement = update(PollerState).where(PollerState.name == STATE)
+    if lease.owner is not None:
+        statement = statement.where(PollerState.lease_owner == lease.owner)
+        values["lease_until"] = now + timedelta(seconds=lease.seconds)
+    result = await conn.execute(statement.values(**values))
+    if result.rowcount != 1:
+        raise LeaseLost("another poller pass took over the lease; this page was not stored")
+
+
+async def mark_reported(conn: AsyncConnection, at: datetime) -> None:
+    await conn.execute(update(PollerState).where(PollerState.name == STATE).values(last_report_at=at))
+
+
+@asynccontextmanager
+async def hold_pass_lock(engine: AsyncEngine, lease_seconds: float) -> AsyncIterator[Lease | None]:
+    """Yield a Lease while this process is the only one polling, or None when another pass holds it.
+
+    PostgreSQL: pg_try_advisory_lock on a dedicated autocommit connection, held for the pass and
+    released when it ends or the connection dies. SQLite: a lease row that expires after
+    `lease_seconds` (so a killed process blocks polling at most that long), renewed by every page.
+    """
+    async with engine.begin() as conn:
+        await ensure_state(conn)
+    if engine.dialect.name == "postgresql":
+        async with engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            if not await conn.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_KEY}):
+                yield None
+                return
+            try:
+                yield Lease(None, lease_seconds)
+            finally:
+                # A broken connection has dropped the lock already.
+                with contextlib.suppress(Exception):
+                    await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_KEY})
+        return
+    owner = uuid.uuid4().hex
+    now = datetime.now(UTC)
+    async with engine.begin() as conn:
+        taken = await conn.execute(
+            update(PollerState)
+            .where(
+                PollerState.name == STATE,
+                or_(PollerState.lease_until.is_(None), PollerState.lease_until < now),
+            )
+            .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds))
+        )
+    if taken.rowcount != 1:
+        yield None
+        return
+    try:
+        yield Lease(owner, lease_seconds)
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(
+                update(PollerState)
+                .where(PollerState.name == STATE, PollerState.lease_owner == owner)
+                .values(lease_owner=None, lease_until=None)
+            )
+
+
+async def is_pass_running(conn: AsyncConnection) -> bool:
+    """Whether some process holds the pass lock now (the advisory lock, or an unexpired lease)."""
+    if conn.dialect.name == "postgresql":
+        # pg_locks shows a bigint advisory key as classid (high 32 bits) and objid (low 32 bits).
+        held = await conn.scalar(
+            text(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND classid::bigint = :high AND objid::bigint = :low AND objsubid = 1)"
+            ),
+            {"high": ADVISORY_KEY >> 32, "low": ADVISORY_KEY & 0xFFFFFFFF},
+        )
+        return bool(held)
+    until = await conn.scalar(select(PollerState.lease_until).where(PollerState.name == STATE))
+    return until is not None and until > datetime.now(UTC)
+
+
+async def start_run(conn: AsyncConnection, started_at: datetime, checkpoint: str | None) -> int:
+    result = await conn.execute(
+        insert(PollerRun)
+        .values(started_at=started_at, start_checkpoint=checkpoint, logs_read=0, stored=0, caught_up=False)
+        .returning(PollerRun.id)
+    )
+    return int(result.scalar_one())
+
+
+async def finish_run(conn: AsyncConnection, run_id: int, **values: object) -> None:
+    await conn.execute(update(PollerRun).where(PollerRun.id == run_id).values(**values))
+
+
+async def last_run(conn: AsyncConnection) -> Row[Any] | None:
+    runs = PollerRun.__table__
+    return (await conn.execute(select(runs).order_by(runs.c.id.desc()).limit(1))).first()
+
+
+async def runs_since(conn: AsyncConnection, since: datetime) -> list[Row[Any]]:
+    runs = PollerRun.__table__
+    return list(await conn.execute(select(runs).where(runs.c.started_at >= since).order_by(runs.c.id)))
+
+
+async def describe(conn: AsyncConnection, lag_limit: timedelta) -> dict[str, Any]:
+    """The checkpoint, the last run and the lag, as GET /api/poller shows them."""
+    from app.auth0.management import date_of_log_id
+
+    state = await load_state(conn)
+    run = await last_run(conn)
+    checkpoint_at = date_of_log_id(state.checkpoint)
+    if run is not None and run.caught_up:
+        lag: timedelta | None = timedelta(0)
+    else:
+        lag = datetime.now(UTC) - checkpoint_at if checkpoint_at else None
+    return {
+        "running": await is_pass_running(conn),
+        "checkpoint": state.checkpoint,
+        "checkpoint_date": checkpoint_at,
+        "start_from": state.start_from,
+        "last_run": None
+        if run is None
+        else {
+            "id": run.id,
+            "started_at": run.started_at,
+            "ended_at": run.ended_at,
+            "start_checkpoint": run.start_checkpoint,
+            "end_checkpoint": run.end_checkpoint,
+            "logs_read": run.logs_read,
+            "stored": run.stored,
+            "caught_up": run.caught_up,
+            "error": run.error,
+            "warning": run.warning,
+        },
+        "lag_seconds": None if lag is None else int(lag.total_seconds()),
+        "lag_warning": lag is not None and lag > lag_limit,
+    }

@@ -1,0 +1,225 @@
+"""Scheduling: POLL_SCHEDULE, the loop inside `serve`, one pass at a time, the API and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from pydantic import ValidationError
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.config import Settings
+from app.models import LogEvent, PollerState
+from app.poller import poll_once, run_poll_command
+from app.poller_state import is_pass_running
+from app.schedule import parse_schedule
+from tests.conftest import ADMIN_TOKEN, READ_TOKEN, bearer, is_postgres
+from tests.poller.fake_auth0 import CLIENT_ID, CLIENT_SECRET, FakeAuth0, make_logs
+
+
+async def count(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int(await conn.scalar(select(func.count()).select_from(LogEvent)) or 0)
+
+
+async def wait_for_count(engine: AsyncEngine, expected: int) -> None:
+    for _ in range(600):  # a bound on waiting, not a timing assertion
+        if await count(engine) >= expected:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"expected {expected} stored events, found {await count(engine)}")
+
+
+def test_poll_schedule_takes_intervals_and_cron() -> None:
+    at = datetime(2026, 11, 23, 10, 2, 30, tzinfo=UTC)
+    assert parse_schedule("30s").next_after(at) == at + timedelta(seconds=30)
+    assert parse_schedule("5m").next_after(at) == at + timedelta(minutes=5)
+    assert parse_schedule("2h").next_after(at) == at + timedelta(hours=2)
+    assert parse_schedule("45").next_after(at) == at + timedelta(seconds=45)
+    assert parse_schedule("*/5 * * * *").next_after(at) == at.replace(minute=5, second=0)
+    # The extensions wrote 6 fields, seconds first.
+    assert parse_schedule("0 */5 * * * *").next_after(at) == at.replace(minute=5, second=0)
+    for bad in ("every five minutes", "0s", "* * *", "61 * * * *"):
+        with pytest.raises(ValueError, match=r"interval|cron"):
+            parse_schedule(bad)
+
+
+def test_bad_poller_settings_are_named(make_settings: Callable[..., Settings]) -> None:
+    with pytest.raises(ValidationError, match="poll_schedule"):
+        make_settings(poll_schedule="sometimes")
+    with pytest.raises(ValidationError, match="START_FROM '2026-13-45' is not a valid ISO date"):
+        make_settings(start_from="2026-13-45")
+    with pytest.raises(ValidationError, match="AUTH0_CLIENT_ID and AUTH0_CLIENT_SECRET"):
+        make_settings(auth0_domain="tenant.eu.auth0.com")
+    assert make_settings(auth0_domain="tenant.eu.auth0.com", auth0_client_id="a", auth0_client_secret="b")
+
+
+async def test_only_one_pass_runs_at_a_time_across_replicas(
+    fake: FakeAuth0, poller_settings: Callable[..., Settings], context_for: Any, engine: AsyncEngine
+) -> None:
+    fake.add(make_logs(25))
+    fake.hold_from = 1  # the first pass waits inside its first request, holding the lock
+    settings = poller_settings()
+    async with context_for(settings) as replica_a, context_for(settings) as replica_b:
+        first = asyncio.create_task(poll_once(replica_a))
+        await fake.held.wait()
+        second = await poll_once(replica_b)
+        assert not second.ran
+        async with engine.connect() as conn:
+            assert await is_pass_running(conn)
+        fake.release.set()
+        result = await first
+        async with engine.connect() as conn:
+            assert not await is_pass_running(conn)
+        after = await poll_once(replica_b)  # the lock is free again
+    assert result.ran
+    assert result.ok
+    assert result.stored == 25
+    assert after.ran
+    assert after.ok
+    assert after.stored == 0
+    assert await count(engine) == 25
+
+
+async def test_the_api_shows_the_poller_and_an_admin_runs_a_pass(
+    fake: FakeAuth0, poller_settings: Callable[..., Settings], start_server: Any, engine: AsyncEngine
+) -> None:
+    items = make_logs(15)
+    fake.add(items)
+    server = await start_server(poller_settings())
+    async with httpx.AsyncClient(base_url=server.base_url) as client:
+        assert (await client.get("/api/poller")).status_code == 401
+        before = (await client.get("/api/poller", headers=bearer(READ_TOKEN))).json()
+        assert before["enabled"]
+        assert before["checkpoint"] is None
+        assert before["last_run"] is None
+        assert (await client.post("/api/poller/run", headers=bearer(READ_TOKEN))).status_code == 401
+        ran = await client.post("/api/poller/run", headers=bearer(ADMIN_TOKEN))
+        assert ran.status_code == 200, ran.text
+        assert ran.json()["stored"] == 15
+        assert ran.json()["error"] is None
+        status = (await client.get("/api/poller", headers=bearer(READ_TOKEN))).json()
+    assert status["checkpoint"] == items[-1]["_id"]
+    assert status["checkpoint_date"].startswith(items[-1]["date"][:19])
+    assert status["last_run"]["stored"] == 15
+    assert status["last_run"]["caught_up"]
+    assert status["lag_seconds"] == 0
+    assert not status["lag_warning"]
+    assert not status["running"]
+    assert status["schedule"] == "5m"
+
+
+async def test_running_a_pass_without_auth0_settings_is_a_conflict(
+    settings: Settings, start_server: Any, engine: AsyncEngine
+) -> None:
+    server = await start_server(settings)
+    async with httpx.AsyncClient(base_url=server.base_url) as client:
+        answer = await client.post("/api/poller/run", headers=bearer(ADMIN_TOKEN))
+        status = await client.get("/api/poller", headers=bearer(READ_TOKEN))
+    assert answer.status_code == 409
+    assert "AUTH0_DOMAIN" in answer.json()["detail"]
+    assert status.json()["enabled"] is False
+
+
+async def test_serve_polls_on_the_schedule(
+    fake: FakeAuth0, poller_settings: Callable[..., Settings], start_server: Any, engine: AsyncEngine
+) -> None:
+    fake.add(make_logs(12))
+    await start_server(poller_settings(poll_schedule="1s"), run_workers=True)
+    await wait_for_count(engine, 12)
+    fake.add(make_logs(5, first=13))
+    await wait_for_count(engine, 17)
+    assert await count(engine) == 17
+
+
+async def test_poll_once_command_exit_codes(
+    fake: FakeAuth0,
+    poller_settings: Callable[..., Settings],
+    make_settings: Callable[..., Settings],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake.add(make_logs(5))
+    assert await run_poll_command(poller_settings(), once=True) == 0
+    assert orjson.loads(capsys.readouterr().out.strip())["stored"] == 5
+    assert await run_poll_command(poller_settings(auth0_client_secret="wrong"), once=True) == 1
+    assert "refused the client credentials" in capsys.readouterr().err
+    assert await run_poll_command(make_settings(), once=True) == 2
+    capsys.readouterr()
+    no_database = poller_settings(database_url="postgresql://postgres@127.0.0.1:1/none")
+    assert await run_poll_command(no_database, once=True) == 1
+    assert "logrelay: poll failed" in capsys.readouterr().err
+
+
+async def test_logrelay_poll_once_as_a_process(
+    fake: FakeAuth0, poller_settings: Callable[..., Settings], engine: AsyncEngine, tmp_path: Path
+) -> None:
+    fake.add(make_logs(6))
+    settings = poller_settings()
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "DATABASE_URL": settings.database_url,
+        "DATA_DIR": str(tmp_path / "cli"),
+        "AUTH0_DOMAIN": str(settings.auth0_domain),
+        "AUTH0_CLIENT_ID": CLIENT_ID,
+        "AUTH0_CLIENT_SECRET": CLIENT_SECRET,
+        "BATCH_SIZE": "4",
+    }
+    logrelay = str(Path(sys.executable).parent / "logrelay")
+
+    async def run(**extra: str) -> tuple[int, bytes]:
+        process = await asyncio.create_subprocess_exec(
+            logrelay,
+            "poll",
+            "--once",
+            env=env | extra,
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, _ = await process.communicate()
+        assert process.returncode is not None
+        return process.returncode, out
+
+    code, out = await run()
+    assert code == 0
+    assert orjson.loads(out)["stored"] == 6
+    code, _ = await run(AUTH0_CLIENT_SECRET="wrong")
+    assert code == 1
+    assert await count(engine) == 6
+
+
+@pytest.mark.skipif(is_postgres(), reason="PostgreSQL holds an advisory lock instead of a lease")
+async def test_a_pass_that_lost_its_sqlite_lease_cannot_move_the_checkpoint(
+    fake: FakeAuth0, poller_settings: Callable[..., Settings], context_for: Any, engine: AsyncEngine
+) -> None:
+    items = make_logs(30)
+    fake.add(items)
+    fake.hold_from = 3  # pass A stores two pages, then stalls in its third request
+    settings = poller_settings(start_from="2026-01-01")
+    async with context_for(settings) as replica_a, context_for(settings) as replica_b:
+        stalled = asyncio.create_task(poll_once(replica_a))
+        await fake.held.wait()
+        async with engine.begin() as conn:  # A's lease runs out (a process frozen far too long)
+            await conn.execute(
+                update(PollerState).values(lease_until=datetime.now(UTC) - timedelta(seconds=1))
+            )
+        fake.hold_from = None
+        taken_over = await poll_once(replica_b)
+        fake.release.set()
+        late = await stalled
+    assert taken_over.ran
+    assert taken_over.ok
+    assert late.error is not None
+    assert "took over the lease" in late.error
+    assert await count(engine) == 30
+    async with engine.connect() as conn:
+        assert await conn.scalar(select(PollerState.checkpoint)) == items[-1]["_id"]

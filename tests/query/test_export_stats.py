@@ -1,0 +1,120 @@
+"""One event by id, the JSON Lines export and the stats, through real HTTP."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import orjson
+import pytest
+
+from app.auth0.catalog import category_of
+from tests.query.support import BASE, READ, expected_ids, iso, seed, varied_events
+
+
+async def test_get_event_by_id(client: httpx.AsyncClient) -> None:
+    events = varied_events(5)
+    await seed(client, events)
+    wanted = events[3]
+    response = await client.get(f"/api/events/{wanted['log_id']}", headers=READ)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["log_id"] == wanted["log_id"]
+    assert body["data"] == wanted
+    assert body["category"] == category_of(wanted["type"])
+
+
+async def test_unknown_event_is_a_404_json_error(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/events/no-such-id", headers=READ)
+    assert response.status_code == 404
+    assert response.json()["error"] == "not_found"
+    assert "no-such-id" in response.json()["detail"]
+
+
+async def test_export_streams_every_matching_event_as_json_lines(client: httpx.AsyncClient) -> None:
+    # More than one export page (1000 events), so that the stream crosses keyset pages.
+    events = varied_events(2150, start=BASE - timedelta(days=60))
+    for start in range(0, len(events), 500):
+        await seed(client, events[start : start + 500])
+    async with client.stream("GET", "/api/events/export", headers=READ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/x-ndjson"
+        lines = [line async for line in response.aiter_lines() if line]
+    exported = [orjson.loads(line) for line in lines]
+    assert [e["log_id"] for e in exported] == expected_ids(events)
+    assert exported[0]["data"] == next(e for e in events if e["log_id"] == exported[0]["log_id"])
+
+
+async def test_export_applies_the_filters(client: httpx.AsyncClient) -> None:
+    events = varied_events()
+    await seed(client, events)
+    filters = {"category": "failure", "since": "2026-11-20T12:00:00Z"}
+    response = await client.get("/api/events/export", params=filters, headers=READ)
+    assert response.status_code == 200
+    exported = [orjson.loads(line)["log_id"] for line in response.text.splitlines()]
+    assert exported == expected_ids(events, **filters)
+    assert exported
+
+
+async def test_export_of_nothing_is_empty(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/events/export", params={"type": "nothing"}, headers=READ)
+    assert response.status_code == 200
+    assert response.text == ""
+
+
+def _bucket(date: str, interval: str) -> str:
+    parsed = datetime.fromisoformat(date).astimezone(UTC)
+    start = parsed.replace(minute=0, second=0, microsecond=0)
+    if interval == "day":
+        start = start.replace(hour=0)
+    return iso(start)
+
+
+@pytest.mark.parametrize("interval", ["hour", "day"])
+async def test_stats_count_per_type_and_category_per_bucket(client: httpx.AsyncClient, interval: str) -> None:
+    events = varied_events(90)  # 37 minutes apart: about 55 hours, over three UTC days
+    await seed(client, events)
+    since, until = "2026-11-20T09:30:00Z", "2026-11-22T03:00:00Z"
+    response = await client.get(
+        "/api/stats", params={"interval": interval, "since": since, "until": until}, headers=READ
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    inside = [e for e in events if e["log_id"] in set(expected_ids(events, since=since, until=until))]
+    assert body["interval"] == interval
+    assert body["since"] == "2026-11-20T09:30:00.000Z"
+    assert body["until"] == "2026-11-22T03:00:00.000Z"
+    assert body["total"] == len(inside)
+    assert body["by_type"] == dict(Counter(e["type"] for e in inside))
+    assert body["by_category"] == dict(Counter(category_of(e["type"]) for e in inside))
+    expected: dict[str, Counter[str]] = {}
+    for event in inside:
+        expected.setdefault(_bucket(event["date"], interval), Counter())[event["type"]] += 1
+    assert [b["start"] for b in body["buckets"]] == sorted(expected)
+    for bucket in body["buckets"]:
+        assert bucket["by_type"] == dict(expected[bucket["start"]])
+        assert bucket["total"] == sum(expected[bucket["start"]].values())
+        assert sum(bucket["by_category"].values()) == bucket["total"]
+    assert len(body["buckets"]) == (3 if interval == "day" else len(expected))
+
+
+async def test_stats_take_the_filters(client: httpx.AsyncClient) -> None:
+    events = varied_events()
+    await seed(client, events)
+    params = {"interval": "day", "since": "2026-11-19T00:00:00Z", "until": "2026-11-23T00:00:00Z"}
+    body = (await client.get("/api/stats", params={**params, "user_id": "auth0|alice"}, headers=READ)).json()
+    assert body["total"] == len(expected_ids(events, user_id="auth0|alice"))
+    assert body["total"] > 0
+
+
+async def test_stats_default_to_the_last_day(client: httpx.AsyncClient) -> None:
+    now = datetime.now(UTC)
+    events = varied_events(3, start=now - timedelta(hours=30))  # all but recent ones fall outside
+    events += varied_events(2, start=now - timedelta(hours=2))
+    await seed(client, events)
+    body = (await client.get("/api/stats", headers=READ)).json()
+    assert body["interval"] == "hour"
+    assert body["total"] == 2
+    span = datetime.fromisoformat(body["until"]) - datetime.fromisoformat(body["since"])
+    assert span == timedelta(hours=24)

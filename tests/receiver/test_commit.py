@@ -1,0 +1,75 @@
+"""Group commit under failure: a batch the database refuses fails only its own request (a 5xx, so
+Auth0 retries it), never the requests that shared its transaction."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.conftest import auth, is_postgres
+from tests.factories import make_event, make_stream_body
+from tests.receiver.support import stored_ids
+
+POISON = "poison-log-id"
+
+
+@pytest.fixture
+async def poisoned(engine: AsyncEngine) -> AsyncIterator[None]:
+    """A real database trigger that refuses one log id, for as long as the test runs."""
+    if is_postgres():
+        create = [
+            "CREATE OR REPLACE FUNCTION refuse_poison() RETURNS trigger AS $$ BEGIN "
+            f"IF NEW.log_id = '{POISON}' THEN RAISE EXCEPTION 'poisoned'; END IF; RETURN NEW; END $$ "
+            "LANGUAGE plpgsql",
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON log_events "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
+        ]
+        drop = [
+            "DROP TRIGGER IF EXISTS refuse_poison ON log_events",
+            "DROP FUNCTION IF EXISTS refuse_poison()",
+        ]
+    else:
+        create = [
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON log_events "
+            f"WHEN NEW.log_id = '{POISON}' BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
+        ]
+        drop = ["DROP TRIGGER IF EXISTS refuse_poison"]
+    async with engine.begin() as conn:
+        for statement in create:
+            await conn.execute(text(statement))
+    try:
+        yield
+    finally:
+        async with engine.begin() as conn:
+            for statement in drop:
+                await conn.execute(text(statement))
+
+
+@pytest.mark.usefixtures("poisoned")
+async def test_a_refused_batch_fails_alone(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
+    good_batches = [[make_event() for _ in range(5)] for _ in range(30)]
+    poison_batch = [make_event(), make_event(log_id=POISON)]
+
+    async def post(events: list[dict[str, object]]) -> httpx.Response:
+        return await client.post("/api/logs", content=make_stream_body(events), headers=auth())
+
+    responses = await asyncio.gather(
+        *(post(b) for b in good_batches[:15]), post(poison_batch), *(post(b) for b in good_batches[15:])
+    )
+    poison_response = responses[15]
+    good_responses = responses[:15] + responses[16:]
+    assert all(r.status_code == 200 for r in good_responses), [r.text for r in good_responses]
+    assert all(r.json()["stored"] == 5 for r in good_responses)
+    # The database refused it: a 5xx, so that Auth0 sends it again; none of its events is kept.
+    assert poison_response.status_code >= 500
+    assert set(poison_response.json()) == {"error", "detail"}
+    assert await stored_ids(engine) == {e["log_id"] for b in good_batches for e in b}
+
+    # The receiver goes on working, and the refused batch's good event arrives on the retry.
+    response = await post([poison_batch[0]])
+    assert response.json()["stored"] == 1

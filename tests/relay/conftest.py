@@ -1,0 +1,92 @@
+"""Relay fixtures: a real webhook receiver, the app with short delivery timings, and helpers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from app.config import Settings
+from tests.conftest import ADMIN_TOKEN, LiveServer, auth
+from tests.factories import make_stream_body
+from tests.relay.receiver import Receiver
+
+# Fast enough for tests: the backoff stays under FAST_BACKOFF_MAX seconds.
+FAST_BACKOFF_MAX = 0.05
+FAST = {
+    "delivery_backoff_base": 0.01,
+    "delivery_backoff_max": FAST_BACKOFF_MAX,
+    "delivery_lease": timedelta(seconds=30),
+    "delivery_poll_interval": 0.02,
+    "delivery_timeout": 5.0,
+}
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    server = Receiver()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def relay_settings(make_settings: Callable[..., Settings]) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        return make_settings(**(FAST | overrides))
+
+    return make
+
+
+@pytest.fixture
+async def relay(relay_settings: Callable[..., Settings], start_server: Callable[..., Any]) -> LiveServer:
+    """The app with fast delivery settings; its workers are off, so tests drive delivery."""
+    server: LiveServer = await start_server(relay_settings())
+    return server
+
+
+@pytest.fixture
+async def api(relay: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
+    """A client on the relay app carrying the admin token."""
+    async with httpx.AsyncClient(
+        base_url=relay.base_url, timeout=30, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    ) as client:
+        yield client
+
+
+async def add_destination(api: httpx.AsyncClient, url: str, **fields: Any) -> dict[str, Any]:
+    body = {"name": fields.pop("name", "hook"), "url": url} | fields
+    response = await api.post("/api/destinations", json=body)
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+async def ingest(api: httpx.AsyncClient, events: list[dict[str, Any]]) -> dict[str, Any]:
+    response = await api.post("/api/logs", content=make_stream_body(events, "jsonl"), headers=auth())
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+async def deliver_all(context: Any, max_rounds: int = 100) -> int:
+    """Run delivery rounds until one settles nothing; returns the rows settled."""
+    from app.delivery import deliver_once
+
+    total = 0
+    for _ in range(max_rounds):
+        settled = await deliver_once(context)
+        if not settled:
+            return total
+        total += settled
+    raise AssertionError("delivery did not settle")
+
+
+async def statuses(api: httpx.AsyncClient, destination_id: int) -> dict[str, int]:
+    response = await api.get(f"/api/destinations/{destination_id}")
+    assert response.status_code == 200, response.text
+    counts: dict[str, int] = response.json()["health"]["counts"]
+    return counts

@@ -1,0 +1,165 @@
+"""Operating the relay: list deliveries, retry one or all dead letters, replay, health."""
+
+from __future__ import annotations
+
+import httpx
+
+from app.delivery import deliver_destination_once, deliver_once
+from tests.conftest import LiveServer
+from tests.factories import make_event
+from tests.relay.conftest import add_destination, deliver_all, ingest, statuses
+from tests.relay.receiver import Answer, Receiver
+
+
+async def test_list_filters_and_pages(relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver) -> None:
+    one = await add_destination(api, receiver.url, name="one", batch_size=1, concurrent_calls=1)
+    two = await add_destination(api, receiver.url, name="two")
+    await ingest(api, [make_event() for _ in range(3)])
+    receiver.answer(400)  # destination one's first row dies; everything else is delivered
+    await deliver_destination_once(relay.context, one["id"])
+    await deliver_destination_once(relay.context, two["id"])
+
+    everything = (await api.get("/api/deliveries")).json()
+    assert len(everything["items"]) == 6
+    assert everything["next"] is None
+    ids = [item["id"] for item in everything["items"]]
+    assert ids == sorted(ids, reverse=True)  # newest first
+
+    page = (await api.get("/api/deliveries", params={"limit": 4})).json()
+    rest = (await api.get("/api/deliveries", params={"limit": 4, "before": page["next"]})).json()
+    assert [i["id"] for i in page["items"] + rest["items"]] == ids
+    assert rest["next"] is None
+
+    mine = (await api.get("/api/deliveries", params={"destination": two["id"]})).json()["items"]
+    assert {i["destination_id"] for i in mine} == {two["id"]}
+    assert len(mine) == 3
+    dead = (await api.get("/api/deliveries", params={"status": "dead"})).json()["items"]
+    assert [(d["destination_id"], d["attempts"], d["last_status_code"]) for d in dead] == [
+        (one["id"], 1, 400)
+    ]
+    assert dead[0]["next_attempt_at"] is None
+    assert dead[0]["in_flight"] is False
+    delivered = (
+        await api.get("/api/deliveries", params={"destination": one["id"], "status": "delivered"})
+    ).json()
+    assert [d["last_status_code"] for d in delivered["items"]] == [200, 200]
+
+    bad = await api.get("/api/deliveries", params={"status": "lost"})
+    assert bad.status_code == 422
+    assert bad.json()["detail"][0]["parameter"] == "status"
+
+
+async def test_retry_one_delivery_and_all_dead_letters(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    destination = await add_destination(api, receiver.url, send_as_batch=False)
+    await ingest(api, [make_event() for _ in range(4)])
+    receiver.default = Answer(422, body=b"schema mismatch")  # a receiver-side bug
+    await deliver_all(relay.context)
+    assert await statuses(api, destination["id"]) == {"pending": 0, "failed": 0, "delivered": 0, "dead": 4}
+
+    receiver.default = Answer(200)  # fixed
+    dead = (await api.get("/api/deliveries", params={"status": "dead"})).json()["items"]
+    retried = await api.post(f"/api/deliveries/{dead[0]['id']}/retry")
+    assert retried.status_code == 200
+    assert (retried.json()["status"], retried.json()["attempts"]) == ("pending", 0)
+    await deliver_all(relay.context)
+    assert await statuses(api, destination["id"]) == {"pending": 0, "failed": 0, "delivered": 1, "dead": 3}
+
+    bulk = await api.post(f"/api/destinations/{destination['id']}/retry-dead")
+    assert bulk.json() == {"queued": 3}
+    await deliver_all(relay.context)
+    assert await statuses(api, destination["id"]) == {"pending": 0, "failed": 0, "delivered": 4, "dead": 0}
+    assert len(receiver.requests) == 4 + 4
+
+    assert (await api.post("/api/deliveries/999999/retry")).status_code == 404
+    assert (await api.post("/api/destinations/999999/retry-dead")).status_code == 404
+
+
+async def test_replay_requeues_stored_events(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    events = [
+        make_event(type="f", date="2026-11-20T10:00:00.000Z"),
+        make_event(type="fp", date="2026-11-21T10:00:00.000Z"),
+        make_event(type="s", date="2026-11-21T11:00:00.000Z"),
+        make_event(type="f", date="2026-11-22T10:00:00.000Z"),
+    ]
+    await ingest(api, events)  # stored before the destination existed: nothing queued
+    destination = await add_destination(api, receiver.url)
+    assert await deliver_once(relay.context) == 0
+    replay = f"/api/destinations/{destination['id']}/replay"
+
+    answer = await api.post(replay, params={"since": "2026-11-21T00:00:00Z", "until": "2026-11-22T10:00:00Z"})
+    assert answer.status_code == 200
+    assert answer.json() == {"queued": 1}
+    again = await api.post(replay, params={"since": "2026-11-21T00:00:00Z"})
+    assert again.json() == {"queued": 1}  # fp waits already: only the f of the 22nd is new
+    await deliver_all(relay.context)
+    assert sorted(e["log_id"] for e in receiver.events()) == sorted(
+        [events[1]["log_id"], events[3]["log_id"]]
+    )
+
+    by_type = await api.post(replay, params={"type": "s,fp"})  # an explicit type list replaces the filter
+    assert by_type.json() == {"queued": 2}
+    everything = await api.post(replay)
+    assert everything.json() == {"queued": 2}  # the destination's filter: the two f events
+    await deliver_all(relay.context)
+    assert len(receiver.events()) == 6
+
+    assert (await api.post(replay, params={"type": "nope"})).status_code == 422
+    wrong_way = await api.post(
+        replay, params={"since": "2026-11-22T00:00:00Z", "until": "2026-11-21T00:00:00Z"}
+    )
+    assert wrong_way.status_code == 422
+    assert (await api.post(replay, params={"since": "yesterday"})).status_code == 422
+    assert (await api.post("/api/destinations/999/replay")).status_code == 404
+
+
+async def test_replay_honours_api_endpoints(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    def sapi(path: str) -> dict[str, object]:
+        return make_event(type="sapi", details={"request": {"path": path}, "response": {}})
+
+    users, clients = sapi("/api/v2/users/1"), sapi("/api/v2/clients")
+    await ingest(api, [users, clients])
+    destination = await add_destination(
+        api, receiver.url, types=["sapi"], categories=[], api_endpoints=["users"], payload="raw"
+    )
+    answer = await api.post(f"/api/destinations/{destination['id']}/replay")
+    assert answer.json() == {"queued": 1}
+    await deliver_all(relay.context)
+    assert receiver.events() == [users]
+
+
+async def test_health_shows_backlog_and_failures(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    destination = await add_destination(api, receiver.url, batch_size=2, concurrent_calls=1)
+    await ingest(api, [make_event() for _ in range(5)])
+    health = (await api.get(f"/api/destinations/{destination['id']}")).json()["health"]
+    assert health["backlog"] == 5
+    assert health["oldest_pending_age_seconds"] >= 0
+    assert health["last_success_at"] is None
+    assert health["last_failure_at"] is None
+
+    receiver.answer(Answer(503, body=b"maintenance"))
+    await deliver_once(relay.context)
+    health = (await api.get(f"/api/destinations/{destination['id']}")).json()["health"]
+    assert health["status"] == "failing"
+    assert health["last_error"] == "HTTP 503: maintenance"
+    assert health["last_failure_at"] is not None
+    assert health["next_attempt_at"] is not None
+    assert health["backlog"] == 5
+    assert health["counts"]["failed"] == 2
+
+
+async def test_deleting_a_destination_drops_its_queue(relay: LiveServer, api: httpx.AsyncClient) -> None:
+    keep = await add_destination(api, "http://127.0.0.1:9/keep", name="keep")
+    gone = await add_destination(api, "http://127.0.0.1:9/gone", name="gone")
+    await ingest(api, [make_event(), make_event()])
+    assert (await api.delete(f"/api/destinations/{gone['id']}")).status_code == 204
+    items = (await api.get("/api/deliveries")).json()["items"]
+    assert {i["destination_id"] for i in items} == {keep["id"]}
+    assert len(items) == 2

@@ -1,0 +1,269 @@
+"""Retries, backoff, dead letters, outages and lease recovery, against a real receiver."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import outbox
+from app.config import Settings
+from app.context import Context
+from app.delivery import deliver_once
+from app.models import OutboxItem
+from app.retry import Outcome, RetryPolicy
+from tests.conftest import LiveServer
+from tests.factories import make_event
+from tests.relay.conftest import FAST_BACKOFF_MAX, add_destination, deliver_all, ingest, statuses
+from tests.relay.receiver import Answer, Receiver
+
+
+async def rows(engine: AsyncEngine) -> list[OutboxItem]:
+    async with engine.connect() as conn:
+        return list(await conn.execute(select(OutboxItem).order_by(OutboxItem.id)))  # type: ignore[arg-type]
+
+
+async def next_round(context: Context) -> int:
+    """Wait out the (short) backoff, then run one delivery round."""
+    await asyncio.sleep(FAST_BACKOFF_MAX * 1.5)
+    return await deliver_once(context)
+
+
+@pytest.mark.parametrize("code", [408, 409, 429, 500, 502, 503])
+async def test_retryable_answers_are_retried_until_delivered(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver, engine: AsyncEngine, code: int
+) -> None:
+    destination = await add_destination(api, receiver.url)
+    await ingest(api, [make_event()])
+    receiver.answer(Answer(code, body=b"busy, come back later"), code)
+
+    assert await deliver_once(relay.context) == 1
+    [row] = await rows(engine)
+    assert (row.status, row.attempts, row.last_status_code) == ("failed", 1, code)
+    assert row.last_error == f"HTTP {code}: busy, come back later"
+    assert row.last_attempt_at is not None
+    assert row.next_attempt_at > row.last_attempt_at
+    listed = (await api.get("/api/deliveries", params={"status": "failed"})).json()["items"]
+    assert listed[0]["last_error"] == row.last_error
+    assert listed[0]["next_attempt_at"] is not None
+
+    assert await next_round(relay.context) == 1
+    assert await next_round(relay.context) == 1
+    [row] = await rows(engine)
+    assert (row.status, row.attempts, row.last_status_code) == ("delivered", 3, 200)
+    assert len(receiver.requests) == 3
+    assert len({r.headers["webhook-id"] for r in receiver.requests}) == 1  # stable across retries
+    health = (await api.get(f"/api/destinations/{destination['id']}")).json()["health"]
+    assert health["status"] == "ok"
+    assert health["last_success_at"]
+    assert health["last_failure_at"]
+
+
+@pytest.mark.parametrize("code", [400, 401, 403, 404, 410, 413, 422])
+async def test_other_4xx_answers_are_permanent(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver, engine: AsyncEngine, code: int
+) -> None:
+    await add_destination(api, receiver.url)
+    await ingest(api, [make_event()])
+    receiver.answer(Answer(code, body=b"no such hook " + b"x" * 5000))
+
+    await deliver_once(relay.context)
+    [row] = await rows(engine)
+    assert (row.status, row.attempts, row.last_status_code) == ("dead", 1, code)
+    assert row.last_error is not None
+    assert len(row.last_error) <= 320
+    assert await next_round(relay.context) == 0
+    assert len(receiver.requests) == 1
+
+
+async def test_a_3xx_is_not_followed_and_is_retried(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver, engine: AsyncEngine
+) -> None:
+    await add_destination(api, receiver.url)
+    await ingest(api, [make_event()])
+    receiver.answer(Answer(301, {"location": "http://127.0.0.1:9/elsewhere"}))
+    await deliver_once(relay.context)
+    assert (await rows(engine))[0].status == "failed"
+    assert await next_round(relay.context) == 1
+    assert (await rows(engine))[0].status == "delivered"
+
+
+async def test_max_attempts_make_a_dead_letter(
+    relay_settings: Callable[..., Settings],
+    start_server: Callable[..., Any],
+    receiver: Receiver,
+    engine: AsyncEngine,
+) -> None:
+    live = await start_server(relay_settings(delivery_max_attempts=3))
+    async with httpx.AsyncClient(
+        base_url=live.base_url, headers={"Authorization": "admin-token-for-tests"}
+    ) as api:
+        await add_destination(api, receiver.url)
+        await ingest(api, [make_event()])
+        receiver.default = Answer(503)
+        await deliver_once(live.context)
+        await next_round(live.context)
+        assert (await rows(engine))[0].status == "failed"
+        await next_round(live.context)
+        [row] = await rows(engine)
+        assert (row.status, row.attempts) == ("dead", 3)
+        assert await next_round(live.context) == 0
+        assert len(receiver.requests) == 3
+        dead = (await api.get("/api/deliveries", params={"status": "dead"})).json()["items"]
+        assert [d["id"] for d in dead] == [row.id]
+
+
+async def test_rows_older_than_max_age_go_to_dead_letter_unsent(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver, engine: AsyncEngine
+) -> None:
+    await add_destination(api, receiver.url)
+    await ingest(api, [make_event(), make_event()])
+    old = datetime.now(UTC) - timedelta(days=3, seconds=1)
+    async with engine.begin() as conn:
+        first = await conn.scalar(select(OutboxItem.id).order_by(OutboxItem.id).limit(1))
+        await conn.execute(update(OutboxItem).where(OutboxItem.id == first).values(created_at=old))
+    await deliver_once(relay.context)
+    expired, fresh = await rows(engine)
+    assert (expired.status, expired.attempts) == ("dead", 0)
+    assert expired.last_error is not None
+    assert expired.last_error.startswith("expired")
+    assert fresh.status == "delivered"
+    assert len(receiver.events()) == 1
+
+
+async def test_retry_after_is_honoured(
+    relay_settings: Callable[..., Settings],
+    start_server: Callable[..., Any],
+    receiver: Receiver,
+    engine: AsyncEngine,
+) -> None:
+    live = await start_server(relay_settings(delivery_backoff_max=600.0))
+    async with httpx.AsyncClient(
+        base_url=live.base_url, headers={"Authorization": "admin-token-for-tests"}
+    ) as api:
+        destination = await add_destination(api, receiver.url)
+        await ingest(api, [make_event()])
+        receiver.answer(Answer(429, {"retry-after": "120"}))
+        before = datetime.now(UTC)
+        await deliver_once(live.context)
+        [row] = await rows(engine)
+        assert row.status == "failed"
+        assert row.next_attempt_at >= before + timedelta(seconds=120)
+        assert await deliver_once(live.context) == 0  # not due yet
+        health = (await api.get(f"/api/destinations/{destination['id']}")).json()["health"]
+        assert health["status"] == "failing"
+        assert health["consecutive_failures"] == 1
+        assert health["backlog"] == 1
+        assert health["oldest_pending_age_seconds"] >= 0
+
+
+async def test_a_destination_that_is_down_costs_one_attempt_per_backoff_step(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver, engine: AsyncEngine
+) -> None:
+    destination = await add_destination(api, receiver.url, batch_size=10, concurrent_calls=2)
+    await ingest(api, [make_event() for _ in range(100)])
+    receiver.default = Answer(503)
+
+    await deliver_once(relay.context)  # a healthy destination: every concurrent slot is used
+    assert len(receiver.requests) == 2
+    for step in range(1, 6):
+        await next_round(relay.context)  # failing: one probe batch per step
+        assert len(receiver.requests) == 2 + step
+    attempts = Counter(row.attempts for row in await rows(engine))
+    assert attempts == {0: 80, 1: 10, 6: 10}  # the probe batch is the same ten rows each time
+    assert len({r.headers["webhook-id"] for r in receiver.requests[2:]}) == 1
+
+    receiver.default = Answer(200)  # back up: the probe succeeds, then everything flows
+    await next_round(relay.context)
+    await deliver_all(relay.context)
+    assert await statuses(api, destination["id"]) == {"pending": 0, "failed": 0, "delivered": 100, "dead": 0}
+
+
+async def test_receiver_down_then_back_delivers_everything(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    destination = await add_destination(api, receiver.url, batch_size=5, concurrent_calls=3)
+    events = [make_event() for _ in range(40)]
+    await ingest(api, events[:20])
+    port = receiver.port
+    await receiver.stop()  # connection refused from now on
+
+    await deliver_once(relay.context)
+    await ingest(api, events[20:])  # more arrive during the outage
+    for _ in range(3):
+        await next_round(relay.context)
+    counts = await statuses(api, destination["id"])
+    assert counts["delivered"] == 0
+    assert counts["pending"] + counts["failed"] == 40
+    failed = (await api.get("/api/deliveries", params={"status": "failed"})).json()["items"]
+    assert failed
+    assert failed[0]["last_status_code"] is None
+    assert "ConnectError" in failed[0]["last_error"]
+
+    await receiver.start(port)
+    await next_round(relay.context)
+    await deliver_all(relay.context)
+    received = Counter(e["log_id"] for e in receiver.events())
+    assert set(received) == {e["log_id"] for e in events}  # nothing missing
+    assert await statuses(api, destination["id"]) == {"pending": 0, "failed": 0, "delivered": 40, "dead": 0}
+
+
+async def test_a_killed_worker_rows_are_sent_after_the_lease_expires(
+    relay_settings: Callable[..., Settings],
+    start_server: Callable[..., Any],
+    receiver: Receiver,
+    engine: AsyncEngine,
+) -> None:
+    settings = relay_settings(delivery_lease=timedelta(seconds=0.3))
+    live = await start_server(settings)
+    async with httpx.AsyncClient(
+        base_url=live.base_url, headers={"Authorization": "admin-token-for-tests"}
+    ) as api:
+        destination = await add_destination(api, receiver.url)
+        await ingest(api, [make_event() for _ in range(3)])
+    # A worker claims the rows and dies before sending or recording anything.
+    async with engine.begin() as conn:
+        claim = await outbox.claim_due(
+            conn, destination["id"], datetime.now(UTC), settings.delivery_lease, RetryPolicy()
+        )
+    assert claim is not None
+    assert len(claim.items) == 3
+    assert await deliver_once(live.context) == 0  # leased: nobody else sends them
+    await asyncio.sleep(0.35)
+    assert await deliver_once(live.context) == 3
+    assert len(receiver.events()) == 3
+    assert {row.status for row in await rows(engine)} == {"delivered"}
+    # Should the first worker wake up, it cannot settle rows that another worker has taken over.
+    async with engine.begin() as conn:
+        await outbox.record_outcomes(
+            conn, claim, [(claim.items, Outcome(500))], datetime.now(UTC), RetryPolicy()
+        )
+    assert {row.status for row in await rows(engine)} == {"delivered"}
+
+
+async def test_a_receiver_that_never_answers_times_out_and_is_retried(
+    relay_settings: Callable[..., Settings],
+    start_server: Callable[..., Any],
+    receiver: Receiver,
+    engine: AsyncEngine,
+) -> None:
+    live = await start_server(relay_settings(delivery_timeout=0.2))
+    async with httpx.AsyncClient(
+        base_url=live.base_url, headers={"Authorization": "admin-token-for-tests"}
+    ) as api:
+        await add_destination(api, receiver.url)
+        await ingest(api, [make_event()])
+    receiver.hold = asyncio.Event()
+    assert await deliver_once(live.context) == 1
+    [row] = await rows(engine)
+    assert (row.status, row.last_status_code, row.last_error) == ("failed", None, "timed out after 0.2s")
+    receiver.hold.set()
+    assert await next_round(live.context) == 1
+    assert (await rows(engine))[0].status == "delivered"

@@ -1,0 +1,342 @@
+"""The `logrelay` command, run as a real subprocess: migrate, serve (first start, restart, bad
+settings) and serve --workers 2 on one SQLite file. Every server binds 127.0.0.1 and is stopped in
+`finally`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import ssl
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from app.config import Settings
+from tests.conftest import PG_URL
+from tests.factories import make_event, make_stream_body
+
+LOGRELAY = Path(sys.executable).with_name("logrelay")
+START_DEADLINE = 60.0  # seconds; a start-up that takes longer is a failure, not a timing claim
+
+
+def clean_env(**values: str) -> dict[str, str]:
+    """The environment without any logrelay setting, plus `values`."""
+    settings = {name.lower() for name in Settings.model_fields}
+    env = {k: v for k, v in os.environ.items() if k.lower() not in settings and not k.startswith("TEST_")}
+    return env | values
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Served:
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def serve(cwd: Path, env: dict[str, str], *args: str, tls: ssl.SSLContext | None = None) -> Iterator[Served]:
+    port = free_port()
+    log = cwd / f"serve-{port}.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [str(LOGRELAY), "serve", "--host", "127.0.0.1", "--port", str(port), *args],
+            cwd=cwd,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so its workers stop with it
+        )
+    served = Served(f"{'https' if tls else 'http'}://127.0.0.1:{port}", process, log)
+    try:
+        wait_until_ready(served, tls)
+        yield served
+    finally:
+        stop(process)
+
+
+def wait_until_ready(served: Served, tls: ssl.SSLContext | None = None) -> None:
+    deadline = time.monotonic() + START_DEADLINE
+    while time.monotonic() < deadline:
+        if served.process.poll() is not None:
+            pytest.fail(f"logrelay serve exited with {served.process.returncode}:\n{served.output()}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{served.base_url}/readyz", timeout=2, verify=tls or True).status_code == 200:
+                return
+        time.sleep(0.1)
+    pytest.fail(f"logrelay serve did not become ready:\n{served.output()}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(LOGRELAY), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def sqlite_count(path: Path, table: str = "log_events") -> int:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+# --- migrate --------------------------------------------------------------------------------------
+
+
+def test_migrate_on_a_fresh_sqlite_file(tmp_path: Path) -> None:
+    db = tmp_path / "fresh" / "logrelay.db"
+    env = clean_env(DATABASE_URL=f"sqlite:///{db}")
+    for _ in range(2):  # the second run finds the schema at head and is a no-op
+        result = run(["migrate"], tmp_path, env)
+        assert result.returncode == 0, result.stderr
+        assert "latest revision" in result.stdout
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        (revision,) = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    assert {"log_events", "quarantined_lines", "destinations", "outbox_items"} <= tables
+    assert revision
+
+
+def test_version(tmp_path: Path) -> None:
+    result = run(["version"], tmp_path, clean_env())
+    assert result.returncode == 0
+    assert re.fullmatch(r"\d+\.\d+\.\d+\S*\n", result.stdout)
+
+
+# --- bad settings ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "env", "named"),
+    [
+        (["serve"], {"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+        (["serve"], {"PORT": "notanumber"}, "PORT"),
+        (["serve"], {"MAX_BODY_BYTES": "tiny"}, "MAX_BODY_BYTES"),
+        (["migrate"], {"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+        (["serve", "--port", "notanumber"], {}, "--port"),
+    ],
+)
+def test_bad_setting_exits_naming_it(
+    tmp_path: Path, command: list[str], env: dict[str, str], named: str
+) -> None:
+    result = run(command, tmp_path, clean_env(**env))
+    assert result.returncode != 0
+    assert named in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data" / "tokens.json").exists()
+
+
+def test_dotenv_in_the_working_directory_is_read(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("DATABASE_URL=mysql://from-dotenv\n")
+    result = run(["migrate"], tmp_path, clean_env())
+    assert result.returncode != 0
+    assert "DATABASE_URL" in result.stderr
+
+
+# --- serve ----------------------------------------------------------------------------------------
+
+
+def test_first_start_generates_and_prints_the_token_then_reuses_it(tmp_path: Path) -> None:
+    env = clean_env()
+    event = make_event()
+    with serve(tmp_path, env) as first:
+        output = first.output()
+        match = re.search(r"LOG_STREAM_TOKEN=(\S+)", output)
+        assert match, output
+        token = match.group(1)
+        assert len(token) >= 32
+        # The exact values to type into Auth0.
+        assert re.search(rf"Authorization Token:\s+{re.escape(token)}", output), output
+        assert "/api/logs" in output
+        assert "application/json" in output
+        assert "JSON Lines" in output
+
+        kept = tmp_path / "data" / "tokens.json"
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+        assert orjson.loads(kept.read_bytes())["LOG_STREAM_TOKEN"] == token
+        assert (tmp_path / "data" / "logrelay.db").is_file()  # the embedded default, migrated by serve
+
+        body = make_stream_body([event])
+        response = httpx.post(f"{first.base_url}/api/logs", content=body, headers={"Authorization": token})
+        assert response.status_code == 200, response.text
+        assert response.json()["stored"] == 1
+        bearer = httpx.post(
+            f"{first.base_url}/api/logs", content=body, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert bearer.json()["duplicates"] == 1
+        wrong = "Bearer wrong-secret-never-logged"
+        refused = httpx.post(f"{first.base_url}/api/logs", content=body, headers={"Authorization": wrong})
+        assert refused.status_code == 401
+        printed = first.output().count(token)
+    # Requests never print a token: only the start-up announcement holds it.
+    after = first.output()
+    assert after.count(token) == printed
+    assert "wrong-secret-never-logged" not in after
+
+    with serve(tmp_path, env) as second:
+        output = second.output()
+        assert "generated" not in output
+        assert "LOG_STREAM_TOKEN=" not in output
+        assert token not in output
+        response = httpx.post(
+            f"{second.base_url}/api/logs", content=make_stream_body([event]), headers={"Authorization": token}
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["duplicates"] == 1  # stored durably by the first run
+    assert orjson.loads(kept.read_bytes())["LOG_STREAM_TOKEN"] == token
+
+
+def test_configured_token_is_used_and_never_printed(tmp_path: Path) -> None:
+    env = clean_env(LOG_STREAM_TOKEN="configured-secret-aaaa,configured-secret-bbbb")
+    with serve(tmp_path, env) as served:
+        for token in ("configured-secret-aaaa", "configured-secret-bbbb"):
+            response = httpx.post(
+                f"{served.base_url}/api/logs",
+                content=make_stream_body([make_event()]),
+                headers={"Authorization": token},
+            )
+            assert response.status_code == 200, response.text
+    assert "configured-secret" not in served.output()
+    assert "LOG_STREAM_TOKEN=" not in served.output()
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+async def pg_count(url: str, log_ids: list[str]) -> int:
+    import asyncpg  # type: ignore[import-untyped]
+
+    conn = await asyncpg.connect(url)
+    try:
+        count = await conn.fetchval("SELECT count(*) FROM log_events WHERE log_id = ANY($1::text[])", log_ids)
+    finally:
+        await conn.close()
+    return int(count)
+
+
+BACKENDS = [
+    "sqlite",
+    pytest.param("postgresql", marks=pytest.mark.skipif(not PG_URL, reason="no PostgreSQL")),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_serve_with_two_workers_stores_each_event_once(tmp_path: Path, backend: str) -> None:
+    """Two worker processes on one database (one SQLite file, or PostgreSQL) under concurrent posts."""
+    db = tmp_path / "shared.db"
+    url = f"sqlite:///{db}" if backend == "sqlite" else str(PG_URL)
+    env = clean_env(DATABASE_URL=url, LOG_STREAM_TOKEN="workers-token")
+    if backend == "postgresql":
+        migrated = run(["migrate"], tmp_path, env)  # serve migrates only the embedded SQLite
+        assert migrated.returncode == 0, migrated.stderr
+    pool = [make_event() for _ in range(150)]
+    slices = [pool[i : i + 30] for i in range(0, 121, 5)] + [pool] * 4
+    bodies = [make_stream_body(part, ("jsonl", "array", "object")[n % 3]) for n, part in enumerate(slices)]
+    sent = sum(len(part) for part in slices)
+
+    with serve(tmp_path, env, "--workers", "2") as served:
+        assert len(children_of(served.process.pid)) >= 2, "uvicorn did not start two worker processes"
+
+        def post(body: bytes) -> dict[str, int]:
+            # A fresh connection per request, so that both workers take requests.
+            with httpx.Client(base_url=served.base_url, timeout=60) as client:
+                response = client.post("/api/logs", content=body, headers={"Authorization": "workers-token"})
+            assert response.status_code == 200, response.text
+            answer: dict[str, int] = response.json()
+            return answer
+
+        with ThreadPoolExecutor(max_workers=16) as executor:
+            answers = list(executor.map(post, bodies))
+
+    assert sum(a["received"] for a in answers) == sent
+    assert sum(a["stored"] for a in answers) == len(pool)
+    assert sum(a["duplicates"] for a in answers) == sent - len(pool)
+    if backend == "sqlite":
+        assert sqlite_count(db) == len(pool)
+    else:
+        assert asyncio.run(pg_count(str(PG_URL), [e["log_id"] for e in pool])) == len(pool)
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="openssl is needed to make a certificate")
+def test_serve_over_https(tmp_path: Path) -> None:
+    """Auth0 only posts to HTTPS: `serve --ssl-certfile/--ssl-keyfile` terminates TLS itself."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    tls = ssl.create_default_context(cafile=str(cert))
+    env = clean_env(LOG_STREAM_TOKEN="tls-token")
+    args = ("--ssl-certfile", str(cert), "--ssl-keyfile", str(key))
+    with serve(tmp_path, env, *args, tls=tls) as served:
+        assert served.base_url.startswith("https://")
+        assert "on https://" in served.output()
+        response = httpx.post(
+            f"{served.base_url}/api/logs",
+            content=make_stream_body([make_event()]),
+            headers={"Authorization": "tls-token"},
+            verify=tls,
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["stored"] == 1

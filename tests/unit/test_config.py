@@ -1,0 +1,133 @@
+"""Settings validation: DATABASE_URL forms, comma-separated tokens, and errors that name the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from app.config import Settings
+
+ENV = (
+    "DATABASE_URL",
+    "LOG_STREAM_TOKEN",
+    "API_TOKEN",
+    "ADMIN_TOKEN",
+    "PORT",
+    "HOST",
+    "MAX_BODY_BYTES",
+    "DATA_DIR",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no stray .env file
+
+
+def make(**values: Any) -> Settings:
+    return Settings(_env_file=None, **values)
+
+
+def error_fields(info: pytest.ExceptionInfo[ValidationError]) -> set[str]:
+    return {str(part) for e in info.value.errors() for part in e["loc"]}
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("sqlite:///x.db", "sqlite+aiosqlite:///x.db"),
+        ("sqlite:////var/lib/logrelay/x.db", "sqlite+aiosqlite:////var/lib/logrelay/x.db"),
+        ("sqlite+aiosqlite:///x.db", "sqlite+aiosqlite:///x.db"),
+        ("postgresql://logrelay:pw@db:5432/logrelay", "postgresql+asyncpg://logrelay:pw@db:5432/logrelay"),
+        ("postgres://logrelay@db/logrelay", "postgresql+asyncpg://logrelay@db/logrelay"),
+        ("postgresql+asyncpg://u@h:5432/d", "postgresql+asyncpg://u@h:5432/d"),
+        ("postgresql://u@h/d?sslmode=require", "postgresql+asyncpg://u@h/d?sslmode=require"),
+    ],
+)
+def test_database_url_forms(given: str, expected: str) -> None:
+    settings = make(database_url=given)
+    assert settings.database_url == expected
+    assert settings.is_sqlite is expected.startswith("sqlite")
+
+
+@pytest.mark.parametrize("url", ["mysql://x", "not a url", "oracle://u@h/d", "http://example.com", "sqlite"])
+def test_bad_database_url_names_the_setting(url: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        make(database_url=url)
+    assert "database_url" in error_fields(info)
+
+
+def test_database_url_defaults_to_sqlite_under_data_dir(tmp_path: Path) -> None:
+    settings = make(data_dir=tmp_path / "here")
+    assert settings.database_url == f"sqlite+aiosqlite:///{tmp_path / 'here' / 'logrelay.db'}"
+    assert make().database_url == "sqlite+aiosqlite:///data/logrelay.db"
+
+
+def test_database_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgres://u@h/d")
+    assert make().database_url == "postgresql+asyncpg://u@h/d"
+    monkeypatch.setenv("DATABASE_URL", "mysql://u@h/d")
+    with pytest.raises(ValidationError) as info:
+        make()
+    assert "database_url" in error_fields(info)
+
+
+@pytest.mark.parametrize(
+    ("raw", "tokens"),
+    [
+        ("one", ["one"]),
+        ("one,two", ["one", "two"]),
+        (" one , two ,, three ,", ["one", "two", "three"]),
+        ("", []),
+    ],
+)
+def test_comma_separated_tokens(monkeypatch: pytest.MonkeyPatch, raw: str, tokens: list[str]) -> None:
+    assert [t.get_secret_value() for t in make(log_stream_token=raw).log_stream_token] == tokens
+    monkeypatch.setenv("LOG_STREAM_TOKEN", raw)
+    monkeypatch.setenv("API_TOKEN", raw)
+    settings = make()
+    assert [t.get_secret_value() for t in settings.log_stream_token] == tokens
+    assert [t.get_secret_value() for t in settings.api_token] == tokens
+
+
+def test_tokens_never_show_in_repr() -> None:
+    settings = make(log_stream_token="very-secret-a,very-secret-b", admin_token="very-secret-c")
+    assert "very-secret" not in repr(settings)
+    assert "very-secret" not in str(settings.model_dump())
+
+
+def test_dotenv_file(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("LOG_STREAM_TOKEN=from-dotenv,second\nPORT=9123\nMAX_BODY_BYTES=4096\n")
+    settings = Settings()
+    assert [t.get_secret_value() for t in settings.log_stream_token] == ["from-dotenv", "second"]
+    assert (settings.port, settings.max_body_bytes) == (9123, 4096)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "notanumber"),
+        ("PORT", "0"),
+        ("PORT", "70000"),
+        ("MAX_BODY_BYTES", "10"),
+        ("MAX_BODY_BYTES", "big"),
+        ("DATABASE_URL", "mysql://x"),
+    ],
+)
+def test_bad_values_name_the_setting(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as info:
+        make()
+    assert name.lower() in error_fields(info)
+
+
+def test_defaults() -> None:
+    settings = make()
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert settings.max_body_bytes == 16 * 1024 * 1024
+    assert settings.log_stream_token == []

@@ -1,0 +1,227 @@
+"""parse_body and to_event: framing decisions, errors and log ids. Pure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from app.auth0.stream import BodyError, parse_body, to_event
+from tests.factories import Format, envelope, make_event, make_stream_body
+
+MAX = 1024 * 1024
+
+
+def ids(body: bytes) -> list[str]:
+    return [e.log_id for e in parse_body(body, MAX).events]
+
+
+@pytest.mark.parametrize(
+    ("body", "framing"),
+    [
+        (b'{"log_id": "a", "data": {}}\n{"log_id": "b", "data": {}}', "jsonl"),
+        (b'{"log_id": "a", "data": {}}\r\n\r\n{"log_id": "b", "data": {}}\r\n', "jsonl"),
+        (b'[{"log_id": "a", "data": {}}, {"log_id": "b", "data": {}}]', "array"),
+        (b'[\n  {"log_id": "a", "data": {}},\n  {"log_id": "b", "data": {}}\n]\n', "array"),
+        (b'{"logs": [{"log_id": "a", "data": {}}, {"log_id": "b", "data": {}}]}', "object"),
+    ],
+)
+def test_framing_is_read_from_the_body(body: bytes, framing: str) -> None:
+    parsed = parse_body(body, MAX)
+    assert parsed.framing == framing
+    assert [e.log_id for e in parsed.events] == ["a", "b"]
+    assert parsed.received == 2
+    assert parsed.rejected == []
+
+
+def test_single_object_and_single_line() -> None:
+    for body in (b'{"log_id": "a", "data": {"type": "s"}}', b'{"log_id": "a", "data": {"type": "s"}}\n'):
+        parsed = parse_body(body, MAX)
+        assert parsed.framing == "object"
+        assert [e.log_id for e in parsed.events] == ["a"]
+
+
+def test_bom_and_surrounding_whitespace() -> None:
+    events = [make_event(), make_event()]
+    for fmt in ("jsonl", "array", "object"):
+        body = b"\xef\xbb\xbf \r\n" + make_stream_body(events, fmt) + b"\r\n\n"
+        assert ids(body) == [e["log_id"] for e in events]
+
+
+def test_logs_key_only_unwraps_when_alone() -> None:
+    """`{"logs": [...]}` is the JSON Object body; an event that merely has a `logs` field is one event."""
+    event = {"log_id": "x", "type": "s", "logs": [{"log_id": "inner", "data": {}}]}
+    assert ids(orjson.dumps(event)) == ["x"]
+    assert ids(b'{"logs": "not a list"}')[0].startswith("sha256:")
+
+
+def test_order_is_kept() -> None:
+    events = [make_event() for _ in range(50)]
+    assert ids(make_stream_body(events, "jsonl")) == [e["log_id"] for e in events]
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b"", ["empty"]),
+        (b"  \r\n\t\n ", ["empty"]),
+        (b"\xef\xbb\xbf", ["empty"]),
+        (b"{nope", ["invalid JSON", "char"]),
+        (b"42", ["number"]),
+        (b'"text"', ["string"]),
+        (b"null", ["null"]),
+        (b"true", ["boolean"]),
+        (b"[1, 2]", ["item 0", "number"]),
+        (b"[[]]", ["item 0", "array"]),
+        (b"one\ntwo\n", ["line 1"]),
+        (b'\n\n"x"\n2\n', ["line 3", "string"]),
+        (b'\n\n{"broken" 1}\n', ["line 3", "char 12"]),
+        (b"[" * 5000, ["invalid JSON"]),
+        (b"\xff\xfe\xfd", ["invalid JSON"]),
+    ],
+)
+def test_nothing_usable_raises_naming_where(body: bytes, words: list[str]) -> None:
+    with pytest.raises(BodyError) as info:
+        parse_body(body, MAX)
+    for word in words:
+        assert word.lower() in str(info.value).lower(), (word, str(info.value))
+
+
+def test_bad_lines_are_rejected_verbatim_with_their_line_numbers() -> None:
+    good = orjson.dumps(envelope(make_event()))
+    body = b"\n".join([good, b"  {broken  ", b"", b"[1]", b"\xff\xfe", b'"str"', good])
+    parsed = parse_body(body, MAX)
+    assert parsed.framing == "jsonl"
+    assert len(parsed.events) == 2
+    assert [(r.position, r.raw) for r in parsed.rejected] == [
+        (2, b"{broken"),  # stripped of its surrounding blanks
+        (4, b"[1]"),
+        (5, b"\xff\xfe"),
+        (6, b'"str"'),
+    ]
+    assert "invalid JSON" in parsed.rejected[0].reason
+    assert "array" in parsed.rejected[1].reason
+    assert parsed.received == 6
+
+
+def test_crlf_line_numbers_count_lines_not_separators() -> None:
+    good = orjson.dumps(envelope(make_event()))
+    parsed = parse_body(good + b"\r\n" + b"bad\r\n" + good + b"\r\n", MAX)
+    assert [(r.position, r.raw) for r in parsed.rejected] == [(2, b"bad")]
+
+
+def test_array_items_that_are_not_objects() -> None:
+    good = envelope(make_event())
+    parsed = parse_body(orjson.dumps([1, good, None, "s", [good]]), MAX)
+    assert parsed.framing == "array"
+    assert len(parsed.events) == 1
+    assert [r.position for r in parsed.rejected] == [0, 2, 3, 4]
+    assert [orjson.loads(r.raw) for r in parsed.rejected] == [1, None, "s", [good]]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "array", "object"])
+def test_max_event_bytes(fmt: Format) -> None:
+    small, big = make_event(), make_event(description="x" * 2000)
+    parsed = parse_body(make_stream_body([small, big], fmt), 1500)
+    assert [e.log_id for e in parsed.events] == [small["log_id"]]
+    (rejected,) = parsed.rejected
+    assert "MAX_EVENT_BYTES" in rejected.reason
+    assert b"x" * 2000 in rejected.raw
+    with pytest.raises(BodyError, match="MAX_EVENT_BYTES"):
+        parse_body(make_stream_body([big], fmt), 1500)
+
+
+# --- to_event -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("item", "log_id"),
+    [
+        ({"log_id": "top", "data": {"type": "s", "log_id": "inner", "_id": "under"}}, "top"),
+        ({"data": {"type": "s", "log_id": "inner", "_id": "under"}}, "inner"),
+        ({"data": {"type": "s", "_id": "under"}}, "under"),
+        ({"log_id": "bare", "_id": "under", "type": "s", "date": "2026-01-01T00:00:00Z"}, "bare"),
+        ({"_id": "under", "type": "s"}, "under"),
+        ({"log_id": "  padded  ", "data": {}}, "padded"),
+        ({"log_id": 42, "data": {}}, "42"),
+        ({"log_id": "", "data": {"log_id": "inner"}}, "inner"),
+        ({"log_id": None, "data": {"log_id": "inner"}}, "inner"),
+    ],
+)
+def test_id_precedence(item: dict[str, Any], log_id: str) -> None:
+    event = to_event(item)
+    assert event.log_id == log_id
+    assert event.id_generated is False
+
+
+def test_envelope_is_unwrapped_and_bare_log_kept_whole() -> None:
+    inner = make_event()
+    assert to_event(envelope(inner)).data == inner
+    bare = {**make_event(), "_id": "x"}
+    assert to_event(bare).data == bare
+
+
+def test_a_bare_log_with_a_data_field_is_not_an_envelope() -> None:
+    """Some log types carry their own `data` field; with `type`/`date` beside it the item is the log."""
+    item = {"log_id": "x", "type": "sapi", "date": "2026-01-01T00:00:00Z", "data": {"log_id": "other"}}
+    event = to_event(item)
+    assert (event.log_id, event.data) == ("x", item)
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"data": {"type": "f", "description": "no id"}},
+        {"type": "w"},
+        {"log_id": True, "data": {"type": "s"}},
+        {"log_id": ["a"], "data": {"type": "s"}},
+        {"log_id": "   ", "data": {"type": "s"}},
+        {"log_id": 1.5, "data": {"type": "s"}},
+    ],
+)
+def test_no_usable_id_is_a_flagged_content_hash(item: dict[str, Any]) -> None:
+    event = to_event(item)
+    assert event.id_generated is True
+    assert event.log_id.startswith("sha256:")
+    assert len(event.log_id) == 7 + 64
+    reordered = dict(reversed(list(item.items())))
+    assert to_event(reordered).log_id == event.log_id  # key order does not matter
+    assert to_event({**item, "extra": 1}).log_id != event.log_id
+
+
+def test_line_numbers_count_leading_blank_lines() -> None:
+    """Line numbers are the sender's: blank lines at the start of the body count too."""
+    good = orjson.dumps(envelope(make_event()))
+    parsed = parse_body(b"\n\r\n" + good + b"\nbad\n", MAX)
+    assert [(r.position, r.raw) for r in parsed.rejected] == [(4, b"bad")]
+
+
+@pytest.mark.parametrize("depth", [300, 1000])
+@pytest.mark.parametrize("fmt", ["jsonl", "array"])
+def test_too_deep_to_encode_again_is_rejected(depth: int, fmt: str) -> None:
+    """orjson reads 1024 levels but writes only 255: an event the store cannot re-encode is rejected here."""
+    good = orjson.dumps(envelope(make_event()))
+    deep = b'{"log_id": "deep", "data": {"details": ' + b"[" * depth + b"]" * depth + b"}}"
+    body = good + b"\n" + deep if fmt == "jsonl" else b"[" + good + b"," + deep + b"]"
+    parsed = parse_body(body, MAX)
+    assert parsed.received == 2
+    for event in parsed.events:
+        orjson.dumps(event.data)  # what app.ingest.to_rows does with every event
+    assert len(parsed.rejected) == 1
+
+
+@pytest.mark.parametrize("first_line", [b"[1, 2]", b'["truncated', b"[]"])
+def test_json_lines_whose_first_line_is_bad_and_starts_with_a_bracket(first_line: bytes) -> None:
+    good = [orjson.dumps(envelope(make_event())) for _ in range(2)]
+    parsed = parse_body(b"\n".join([first_line, *good]), MAX)
+    assert parsed.framing == "jsonl"
+    assert len(parsed.events) == 2
+    assert [(r.position, r.raw) for r in parsed.rejected] == [(1, first_line)]
+
+
+def test_broken_array_names_its_own_position() -> None:
+    """A pretty-printed array that breaks is one document: the error gives its line and char."""
+    body = b'[\n  {"log_id": "a", "data": {}},\n  {"log_id": "b" "data": {}}\n]\n'
+    with pytest.raises(BodyError, match=r"line 3, column 18 \(char 50\)"):
+        parse_body(body, MAX)

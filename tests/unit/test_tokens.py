@@ -1,0 +1,96 @@
+"""Tokens.allows (raw, Bearer, rotation, admin reads) and load_tokens (generate once, keep, reuse)."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from app.config import Settings
+from app.tokens import TOKEN_FILE, Tokens, load_tokens
+
+TOKENS = Tokens(ingest=("in-old", "in-new"), read=("rd",), admin=("adm",))
+
+
+@pytest.mark.parametrize(
+    "presented",
+    ["in-old", "in-new", "Bearer in-old", "bearer in-new", "BEARER in-new", "Bearer  in-new ", " in-old "],
+)
+def test_ingest_accepts_raw_bearer_and_rotation(presented: str) -> None:
+    assert TOKENS.allows("ingest", presented)
+
+
+@pytest.mark.parametrize(
+    "presented",
+    [
+        None,
+        "",
+        " ",
+        "Bearer",
+        "Bearer ",
+        "in-ol",
+        "in-old2",
+        "IN-OLD",
+        "Basic in-old",
+        "Token in-old",
+        "in-old,in-new",
+        "rd",
+        "adm",
+        "Bearer rd",
+    ],
+)
+def test_ingest_refuses(presented: str | None) -> None:
+    assert not TOKENS.allows("ingest", presented)
+
+
+def test_scopes() -> None:
+    assert TOKENS.allows("read", "rd")
+    assert TOKENS.allows("read", "Bearer adm")  # admin tokens can read
+    assert not TOKENS.allows("read", "in-old")
+    assert TOKENS.allows("admin", "adm")
+    assert not TOKENS.allows("admin", "rd")
+    assert not TOKENS.allows("admin", "in-new")
+
+
+def test_a_raw_token_that_starts_with_bearer() -> None:
+    """Observe and RunReveal tell users to type `Bearer ...` into Auth0's field: that exact value works."""
+    tokens = Tokens(ingest=("Bearer cust-1 ingest-2",), read=(), admin=())
+    assert tokens.allows("ingest", "Bearer cust-1 ingest-2")
+    assert not tokens.allows("ingest", "cust-1 ingest-2")
+
+
+def settings_for(tmp_path: Path, **values: Any) -> Settings:
+    return Settings(_env_file=None, data_dir=tmp_path / "data", **values)
+
+
+def test_unset_tokens_are_generated_kept_and_reused(tmp_path: Path) -> None:
+    first = load_tokens(settings_for(tmp_path))
+    assert set(first.generated) == {"LOG_STREAM_TOKEN", "API_TOKEN", "ADMIN_TOKEN"}
+    path = tmp_path / "data" / TOKEN_FILE
+    assert first.path == path
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    kept = orjson.loads(path.read_bytes())
+    assert kept["LOG_STREAM_TOKEN"] == first.generated["LOG_STREAM_TOKEN"] == first.ingest[0]
+    assert len(first.ingest[0]) >= 32
+    assert len({first.ingest[0], first.read[0], first.admin[0]}) == 3
+
+    second = load_tokens(settings_for(tmp_path))
+    assert second.generated == {}
+    assert (second.ingest, second.read, second.admin) == (first.ingest, first.read, first.admin)
+
+
+def test_configured_tokens_win_and_are_not_written(tmp_path: Path) -> None:
+    tokens = load_tokens(settings_for(tmp_path, log_stream_token="a,b", api_token="r", admin_token="x"))
+    assert (tokens.ingest, tokens.read, tokens.admin) == (("a", "b"), ("r",), ("x",))
+    assert tokens.generated == {}
+    assert not (tmp_path / "data" / TOKEN_FILE).exists()
+
+
+def test_only_the_missing_token_is_generated(tmp_path: Path) -> None:
+    tokens = load_tokens(settings_for(tmp_path, api_token="r", admin_token="x"))
+    assert set(tokens.generated) == {"LOG_STREAM_TOKEN"}
+    assert tokens.allows("ingest", tokens.generated["LOG_STREAM_TOKEN"])
+    assert set(orjson.loads((tmp_path / "data" / TOKEN_FILE).read_bytes())) == {"LOG_STREAM_TOKEN"}

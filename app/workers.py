@@ -8,21 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from app.context import Context
 
-Loop = Callable[[Context, asyncio.Event], Awaitable[None]]
+Loop = Callable[[Context, asyncio.Event], Coroutine[Any, Any, None]]
 
 
 def background_loops(context: Context) -> list[Loop]:
     """The loops this configuration needs."""
+    # Imported here: the loops use wait_or_stop from this module.
     from app.delivery import run_delivery_loop
     from app.poller import run_poller_loop
 
     loops: list[Loop] = [run_delivery_loop]
     if context.settings.auth0_domain:
-        loops.append(run_poller_loop)  # type: ignore[arg-type]
+        loops.append(run_poller_loop)
     return loops
 
 

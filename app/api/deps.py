@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -20,7 +20,7 @@ async def get_context(request: Request) -> Context:
 ContextDep = Annotated[Context, Depends(get_context)]
 
 
-def require(scope: Scope) -> Depends:  # type: ignore[valid-type]
+def require(scope: Scope) -> Any:
     """A dependency that accepts the request only with a token of `scope` (raw or Bearer)."""
 
     async def check(request: Request, context: ContextDep) -> None:

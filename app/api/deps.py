@@ -20,19 +20,23 @@ async def get_context(request: Request) -> Context:
 ContextDep = Annotated[Context, Depends(get_context)]
 
 
+def authorize(context: Context, scope: Scope, authorization: str | None) -> None:
+    """Refuse the request unless it carries a token of `scope` (raw or Bearer)."""
+    if not context.tokens.allows(scope, authorization):
+        raise Unauthorized(
+            f"a valid {scope} token is required in the Authorization header",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
 def require(scope: Scope) -> Any:
-    """A dependency that accepts the request only with a token of `scope` (raw or Bearer)."""
+    """A dependency that accepts the request only with a token of `scope`."""
 
     async def check(request: Request, context: ContextDep) -> None:
-        if not context.tokens.allows(scope, request.headers.get("authorization")):
-            raise Unauthorized(
-                f"a valid {scope} token is required in the Authorization header",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        authorize(context, scope, request.headers.get("authorization"))
 
     return Depends(check)
 
 
-IngestAuth = require("ingest")
 ReadAuth = require("read")
 AdminAuth = require("admin")

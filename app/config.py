@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     # Backoff after a destination fails: base * 2^(n-1) seconds with jitter, capped (relay).
     delivery_backoff_base: float = Field(1.0, gt=0)
     delivery_backoff_max: float = Field(3600.0, gt=0)
+    delivery_keep_delivered: timedelta = timedelta(days=7)  # delivered outbox rows are purged after this
 
     # --- poller (Auth0 Management API), with the old extensions' setting names --------------------
     auth0_domain: str | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -24,12 +25,14 @@ from app.destinations import signing_key
 from app.models import Destination, LogEvent
 from app.outbox import Claim, ClaimedItem, Target
 from app.payloads import message_id, render_body
-from app.retry import Outcome, RetryPolicy, excerpt, parse_retry_after
+from app.retry import Outcome, RetryPolicy, excerpt, parse_retry_after, verdict_of
 from app.workers import wait_or_stop
 
 log = logging.getLogger(__name__)
 
 ERROR_BODY_BYTES = 2048  # read this much of a failed answer for `last_error`
+PURGE_EVERY = 600.0  # seconds between purges of old delivered rows
+PURGE_CHUNK = 5000
 
 
 async def deliver_once(context: Context) -> int:
@@ -54,10 +57,16 @@ async def deliver_destination_once(context: Context, destination_id: int) -> int
     per_call = claim.target.per_call
     chunks = [sendable[i : i + per_call] for i in range(0, len(sendable), per_call)]
     slots = asyncio.Semaphore(claim.target.concurrent_calls)
+    down = asyncio.Event()
 
-    async def send_chunk(chunk: list[ClaimedItem]) -> tuple[list[ClaimedItem], Outcome]:
+    async def send_chunk(chunk: list[ClaimedItem]) -> tuple[list[ClaimedItem], Outcome | None]:
         async with slots:
-            return chunk, await send(context, claim.target, [(i.log_id, events[i.log_id]) for i in chunk])
+            if down.is_set():  # the destination is failing: the rest of the round waits, unsent
+                return chunk, None
+            outcome = await send(context, claim.target, [(i.log_id, events[i.log_id]) for i in chunk])
+            if verdict_of(outcome) == "retry":
+                down.set()
+            return chunk, outcome
 
     results = await asyncio.gather(*(send_chunk(chunk) for chunk in chunks))
     async with context.engine.begin() as conn:
@@ -114,17 +123,21 @@ def signed_headers(target: Target, body: bytes, msg_id: str) -> dict[str, str]:
 
 
 async def run_delivery_loop(context: Context, stop: asyncio.Event) -> None:
-    """Keep one delivery loop per enabled destination until `stop` is set."""
+    """Keep one delivery loop per enabled destination until `stop` is set; purge old deliveries."""
     loops: dict[int, asyncio.Task[None]] = {}
     enabled: set[int] = set()
+    next_purge = 0.0
     try:
         while not stop.is_set():
             try:
                 ids = await enabled_destination_ids(context)
                 enabled.clear()  # mutated in place: the destination loops watch this set
                 enabled.update(ids)
+                if time.monotonic() >= next_purge:
+                    await purge_delivered(context)
+                    next_purge = time.monotonic() + PURGE_EVERY
             except Exception:
-                log.exception("could not list destinations")
+                log.exception("could not list destinations or purge old deliveries")
             for destination_id in enabled:
                 task = loops.get(destination_id)
                 if task is None or task.done():
@@ -155,6 +168,18 @@ async def _destination_loop(
             await wait_or_stop(stop, interval)
 
 
+async def purge_delivered(context: Context) -> int:
+    """Drop rows delivered longer ago than DELIVERY_KEEP_DELIVERED, a chunk per short transaction."""
+    before = _now() - context.settings.delivery_keep_delivered
+    total = 0
+    while True:
+        async with context.engine.begin() as conn:
+            purged = await outbox.purge_delivered(conn, before, PURGE_CHUNK)
+        total += purged
+        if purged < PURGE_CHUNK:
+            return total
+
+
 async def enabled_destination_ids(context: Context) -> list[int]:
     async with context.engine.connect() as conn:
         result = await conn.execute(
@@ -181,8 +206,8 @@ async def _read_some(response: httpx.Response) -> str:
     return b"".join(chunks)[:ERROR_BODY_BYTES].decode(errors="replace")
 
 
-def _log_round(claim: Claim, results: Sequence[tuple[Sequence[ClaimedItem], Outcome]]) -> None:
-    failed = [outcome for _, outcome in results if not outcome.is_success]
+def _log_round(claim: Claim, results: Sequence[tuple[Sequence[ClaimedItem], Outcome | None]]) -> None:
+    failed = [outcome for _, outcome in results if outcome is not None and not outcome.is_success]
     if failed:
         log.warning(
             "delivery failed",

@@ -1,7 +1,8 @@
 """Destinations: the relay targets. Validation, the admin operations, and the ones the environment
 declares (FORWARD_*, SLACK_INCOMING_WEBHOOK_URL, and the old extensions' settings).
 
-`authorization` and `signing_secret` are write-only: they are stored, sent, and never shown again.
+`authorization` and `signing_secret` are write-only: they are stored, sent, and never shown again;
+so is the path of a Slack webhook URL (it carries Slack's token).
 Functions here take a connection and never commit; the caller owns the transaction.
 """
 
@@ -202,7 +203,7 @@ async def sync_env_destinations(conn: AsyncConnection, specs: list[DestinationSp
 
 async def list_destinations(conn: AsyncConnection) -> list[dict[str, Any]]:
     rows = await conn.execute(select(*PUBLIC_COLUMNS, *_secret_flags()).order_by(Destination.id))
-    return [dict(row._mapping) for row in rows]
+    return [_shown(row._mapping) for row in rows]
 
 
 async def get_destination(conn: AsyncConnection, destination_id: int) -> dict[str, Any]:
@@ -211,7 +212,7 @@ async def get_destination(conn: AsyncConnection, destination_id: int) -> dict[st
     ).first()
     if row is None:
         raise NotFound(f"no destination with id {destination_id}")
-    return dict(row._mapping)
+    return _shown(row._mapping)
 
 
 async def create_destination(conn: AsyncConnection, fields: DestinationCreate) -> int:
@@ -268,6 +269,16 @@ async def delete_destination(conn: AsyncConnection, destination_id: int) -> None
     )
     if result.first() is None:
         raise NotFound(f"no destination with id {destination_id}")
+
+
+def _shown(row: Any) -> dict[str, Any]:
+    """A destination as the API shows it. A Slack incoming-webhook URL is itself a credential:
+    only its scheme and host are shown."""
+    destination = dict(row)
+    if destination["kind"] == "slack":
+        scheme, _, rest = destination["url"].partition("://")
+        destination["url"] = f"{scheme}://{rest.split('/', 1)[0]}/…"
+    return destination
 
 
 def _secret_flags() -> list[Any]:

@@ -36,6 +36,17 @@ def configure_logging(level: str = "info") -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    quiet_secret_loggers()
+
+
+# Third-party loggers that would print secrets: aiosqlite logs SQL parameters (destination
+# secrets, event data) at DEBUG; httpx logs request URLs (a Slack webhook URL is a credential).
+_SECRET_LOGGERS = {"aiosqlite": "INFO", "httpx": "WARNING", "httpcore": "WARNING", "asyncpg": "INFO"}
+
+
+def quiet_secret_loggers() -> None:
+    for name, level in _SECRET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def uvicorn_log_config(level: str) -> dict[str, Any]:
@@ -51,5 +62,6 @@ def uvicorn_log_config(level: str) -> dict[str, Any]:
         "loggers": {
             "uvicorn": {"level": level.upper()},
             "uvicorn.access": {"level": "WARNING"},
+            **{name: {"level": floor} for name, floor in _SECRET_LOGGERS.items()},
         },
     }

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, exists, insert, or_, select, update
+from sqlalchemy import and_, delete, exists, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.filters import EventFilter
@@ -194,7 +194,7 @@ async def release(conn: AsyncConnection, claim: Claim, items: Sequence[ClaimedIt
 async def record_outcomes(
     conn: AsyncConnection,
     claim: Claim,
-    results: Sequence[tuple[Sequence[ClaimedItem], Outcome]],
+    results: Sequence[tuple[Sequence[ClaimedItem], Outcome | None]],
     now: datetime,
     policy: RetryPolicy,
 ) -> None:
@@ -202,12 +202,21 @@ async def record_outcomes(
 
     2xx: delivered. Retryable: due again when the destination's backoff ends, unless the row has used
     its attempts or age (then dead). Permanent 4xx: dead. Any failure backs off the whole destination.
+    No outcome (None): not sent, because the destination failed first; the attempt is given back.
     Rows whose lease was taken over by another worker are left to that worker.
     """
-    failures = [outcome for _, outcome in results if not outcome.is_success]
+    sent = [(items, outcome) for items, outcome in results if outcome is not None]
+    unsent = [item.id for items, outcome in results if outcome is None for item in items]
+    if unsent:
+        await conn.execute(
+            update(OutboxItem)
+            .where(OutboxItem.id.in_(unsent), OutboxItem.lease_until == claim.lease_until)
+            .values(lease_until=None, attempts=OutboxItem.attempts - 1)
+        )
+    failures = [outcome for _, outcome in sent if not outcome.is_success]
     destination: dict[str, Any] = {}
     retry_at = now
-    if any(outcome.is_success for _, outcome in results):
+    if any(outcome.is_success for _, outcome in sent):
         destination["last_success_at"] = now
     if failures:
         retry_afters = [o.retry_after for o in failures if o.retry_after is not None]
@@ -224,7 +233,7 @@ async def record_outcomes(
         destination |= {"consecutive_failures": 0, "backoff_until": None}
 
     buckets: dict[tuple[str, int | None, str | None], list[int]] = defaultdict(list)
-    for items, outcome in results:
+    for items, outcome in sent:
         verdict = verdict_of(outcome)
         error = None if verdict == "delivered" else describe_outcome(outcome)
         for item in items:
@@ -258,3 +267,22 @@ def describe_outcome(outcome: Outcome) -> str:
     if outcome.error:
         return f"HTTP {outcome.status_code}: {outcome.error}"
     return f"HTTP {outcome.status_code}"
+
+
+async def purge_delivered(conn: AsyncConnection, before: datetime, limit: int = 5000) -> int:
+    """Delete up to `limit` rows delivered before `before`; dead letters stay until an operator acts.
+
+    A delivered row was due when it was sent, so `next_attempt_at <= delivered_at`: filtering on
+    both lets the (status, next_attempt_at) index find them.
+    """
+    old = (
+        select(OutboxItem.id)
+        .where(
+            OutboxItem.status == "delivered",
+            OutboxItem.next_attempt_at < before,
+            OutboxItem.delivered_at < before,
+        )
+        .limit(limit)
+    )
+    result = await conn.execute(delete(OutboxItem).where(OutboxItem.id.in_(old.scalar_subquery())))
+    return result.rowcount or 0

@@ -45,13 +45,22 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
     return path
 
 
+async def _reset_schema(settings: Settings) -> None:
+    engine = make_engine(settings)
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP SCHEMA public CASCADE"))
+        await conn.execute(text("CREATE SCHEMA public"))
+    await engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def pg_schema() -> Iterator[None]:
     if not PG_URL:
         yield
         return
     settings = Settings(database_url=PG_URL, _env_file=None)  # type: ignore[call-arg]
-    migrate.downgrade(settings, "base")
+    # A clean schema, whatever an earlier version of the history left in the test database.
+    asyncio.run(_reset_schema(settings))
     migrate.upgrade(settings)
     yield
 

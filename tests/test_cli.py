@@ -218,6 +218,7 @@ def test_first_start_generates_and_prints_the_token_then_reuses_it(tmp_path: Pat
         )
         assert response.status_code == 200, response.text
         assert response.json()["duplicates"] == 1  # stored durably by the first run
+    assert sqlite_count(tmp_path / "data" / "logrelay.db") == 1  # the embedded default under ./data
     assert orjson.loads(kept.read_bytes())["LOG_STREAM_TOKEN"] == token
 
 

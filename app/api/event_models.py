@@ -69,7 +69,7 @@ class EventPage(BaseModel):
     events: list[Event]
     next_cursor: str | None = Field(
         description="Pass as `cursor` for the next (older) page; null on the last page.",
-        examples=["AQAGRuLl0ZXAOTAwMjAyNjExMjMwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDEK"],
+        examples=["AQAGYO6oKOgAOTAwMjAyNjExMjMxMDAwMDAwMDAwMDAwMDAwMDFr62vapoHPPA"],
     )
 
 

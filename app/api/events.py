@@ -109,7 +109,7 @@ def event_query(
 Filters = Annotated[EventQuery, Depends(event_query)]
 
 
-@router.get("/api/events", response_model=EventPage)
+@router.get("/api/events", response_model=EventPage, summary="List events")
 async def list_events_route(
     context: ContextDep,
     query: Filters,
@@ -118,7 +118,7 @@ async def list_events_route(
         str | None,
         Query(
             description="`next_cursor` from the previous page; omit it for the newest events.",
-            examples=["AQAGRuLl0ZXAOTAwMjAyNjExMjMwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDEK"],
+            examples=["AQAGYO6oKOgAOTAwMjAyNjExMjMxMDAwMDAwMDAwMDAwMDAwMDFr62vapoHPPA"],
             max_length=1024,
         ),
     ] = None,
@@ -134,6 +134,7 @@ async def list_events_route(
 # Declared before /api/events/{log_id}, which would otherwise take "export" for a log id.
 @router.get(
     "/api/events/export",
+    summary="Export events as JSON Lines",
     response_class=StreamingResponse,
     responses={
         200: {
@@ -147,7 +148,7 @@ async def export_events(context: ContextDep, query: Filters) -> StreamingRespons
     return StreamingResponse(export_lines(context.engine, query), media_type="application/x-ndjson")
 
 
-@router.get("/api/events/{log_id}", response_model=Event, responses=NOT_FOUND)
+@router.get("/api/events/{log_id}", response_model=Event, responses=NOT_FOUND, summary="Get one event")
 async def get_event_route(
     context: ContextDep,
     log_id: Annotated[
@@ -164,7 +165,7 @@ async def get_event_route(
     return JSONResponse(event)
 
 
-@router.get("/api/stats", response_model=Stats)
+@router.get("/api/stats", response_model=Stats, summary="Count events")
 async def stats_route(
     context: ContextDep,
     query: Filters,

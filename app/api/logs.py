@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import zlib
 from datetime import UTC, datetime
+from functools import partial
 
 from fastapi import APIRouter, Request
 from sqlalchemy.exc import SQLAlchemyError
@@ -18,7 +19,7 @@ from app.responses import JSONResponse
 
 router = APIRouter(tags=["ingest"])
 
-# Bodies larger than this are parsed on a thread so that the event loop keeps serving.
+# Bodies larger than this are inflated and parsed on a thread, so that the event loop keeps serving.
 _INLINE_PARSE_BYTES = 256 * 1024
 
 _ERROR = {"content": {"application/json": {"example": {"error": "...", "detail": "..."}}}}
@@ -54,12 +55,10 @@ async def receive_logs(request: Request) -> JSONResponse:
     context: Context = request.app.state.context
     authorize(context, "ingest", request.headers.get("authorization"))
     settings = context.settings
-    body = await read_body(request, settings.max_body_bytes)
+    body, gzipped = await read_body(request, settings.max_body_bytes)
     received_at = datetime.now(UTC)
-    if len(body) > _INLINE_PARSE_BYTES:
-        parsed = await asyncio.to_thread(_parse, body, settings.max_event_bytes)
-    else:
-        parsed = _parse(body, settings.max_event_bytes)
+    decode = partial(_decode, body, gzipped, settings.max_body_bytes, settings.max_event_bytes)
+    parsed = await asyncio.to_thread(decode) if len(body) > _INLINE_PARSE_BYTES else decode()
     rows, unstorable = to_rows(parsed.events, "stream", received_at)
     rejected = parsed.rejected + unstorable
     try:
@@ -79,15 +78,17 @@ async def receive_logs(request: Request) -> JSONResponse:
     return JSONResponse(answer)
 
 
-def _parse(body: bytes, max_event_bytes: int) -> ParsedBody:
+def _decode(body: bytes, gzipped: bool, max_body_bytes: int, max_event_bytes: int) -> ParsedBody:
+    if gzipped:
+        body = _gunzip(body, max_body_bytes)
     try:
         return parse_body(body, max_event_bytes)
     except BodyError as exc:
         raise BadRequest(str(exc)) from None
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, decompressed, refusing more than `limit` bytes before reading it all."""
+async def read_body(request: Request, limit: int) -> tuple[bytes, bool]:
+    """The request body and whether it is gzip, refusing more than `limit` bytes before reading it all."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"the body is {declared} bytes; MAX_BODY_BYTES is {limit}")
@@ -101,20 +102,27 @@ async def read_body(request: Request, limit: int) -> bytes:
     body = b"".join(chunks)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding in ("", "identity"):
-        return body
+        return body, False
     if encoding not in ("gzip", "x-gzip"):
         raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; use gzip")
-    return _gunzip(body, limit)
+    return body, True
 
 
 def _gunzip(body: bytes, limit: int) -> bytes:
-    inflater = zlib.decompressobj(zlib.MAX_WBITS | 16)
-    try:
-        data = inflater.decompress(body, limit + 1)  # bounded: a gzip bomb stops at the limit
-    except zlib.error as exc:
-        raise BadRequest(f"the body is not valid gzip: {exc}") from None
-    if len(data) > limit or inflater.unconsumed_tail:
-        raise PayloadTooLarge(f"the decompressed body exceeds MAX_BODY_BYTES ({limit})")
-    if not inflater.eof:
-        raise BadRequest("the gzip body is truncated")
-    return data
+    # A gzip body may hold several members (RFC 1952 2.2), as `gzip -d` reads them: inflate each.
+    parts: list[bytes] = []
+    size = 0
+    while body:
+        inflater = zlib.decompressobj(zlib.MAX_WBITS | 16)
+        try:
+            data = inflater.decompress(body, limit + 1 - size)  # bounded: a gzip bomb stops at the limit
+        except zlib.error as exc:
+            raise BadRequest(f"the body is not valid gzip: {exc}") from None
+        size += len(data)
+        if size > limit or inflater.unconsumed_tail:
+            raise PayloadTooLarge(f"the decompressed body exceeds MAX_BODY_BYTES ({limit})")
+        if not inflater.eof:
+            raise BadRequest("the gzip body is truncated")
+        parts.append(data)
+        body = inflater.unused_data
+    return b"".join(parts)

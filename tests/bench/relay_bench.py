@@ -5,7 +5,8 @@
 
 Stores the events first (not timed), then runs the real delivery loop (claim, POST, record) against
 a receiver in its own process, until every outbox row is delivered. The database is wiped first.
-Not part of the test suite.
+The last line is the HTTP stack's own ceiling (bare httpx POSTs to the same receiver), which bounds
+single mode. Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 from sqlalchemy import func, select, text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,6 +110,21 @@ async def run(settings: Settings, url: str, events: int, mode: dict[str, Any]) -
     return {"events": events, "seconds": round(elapsed, 3), "events_per_s": round(events / elapsed)}
 
 
+async def raw_ceiling(url: str, requests: int, concurrency: int) -> int:
+    """Bare httpx POSTs of one small event to the same receiver: the HTTP stack's own ceiling."""
+    body = orjson.dumps(make_event())
+    slots = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient() as client:
+
+        async def post() -> None:
+            async with slots:
+                await client.post(url, content=body, headers={"Content-Type": "application/json"})
+
+        began = time.perf_counter()
+        await asyncio.gather(*(post() for _ in range(requests)))
+        return round(requests / (time.perf_counter() - began))
+
+
 def _stream_events(n: int) -> list[Any]:
     from app.auth0.stream import StreamEvent
 
@@ -131,7 +148,7 @@ def main() -> None:
         admin_token="bench",
         api_token="bench",
         log_stream_token="bench",
-        delivery_poll_interval=0.01,
+        delivery_poll_interval=0.05,
     )
     migrate.upgrade(settings)
     port = free_port()
@@ -149,6 +166,8 @@ def main() -> None:
             result = asyncio.run(run(settings, url, events, mode))
             events_per_s, seconds = result["events_per_s"], result["seconds"]
             print(f"{name:6} {result['events']:>7} events in {seconds:>7}s = {events_per_s:>7} events/s")
+        ceiling = asyncio.run(raw_ceiling(url, 2000, calls))
+        print(f"raw    httpx POSTs, {calls} at a time, no database = {ceiling:>7} requests/s")
     finally:
         receiver.terminate()
         receiver.wait()

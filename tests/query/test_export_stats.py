@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import orjson
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth0.catalog import category_of
+from app.query import EventQuery, export_lines
 from tests.query.support import BASE, READ, expected_ids, iso, seed, varied_events
 
 
@@ -118,3 +121,29 @@ async def test_stats_default_to_the_last_day(client: httpx.AsyncClient) -> None:
     assert body["total"] == 2
     span = datetime.fromisoformat(body["until"]) - datetime.fromisoformat(body["since"])
     assert span == timedelta(hours=24)
+
+
+async def test_export_reads_keyset_pages_while_events_arrive(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """The stream is read page by page (so memory stays flat); events stored meanwhile neither
+    repeat nor hide those that existed when it began."""
+    original = varied_events(23)
+    await seed(client, original)
+    chunks: list[bytes] = []
+    arrivals: list[dict[str, Any]] = []
+    async for chunk in export_lines(engine, EventQuery(), page=5):
+        chunks.append(chunk)
+        newer = varied_events(1, start=BASE + timedelta(days=5, minutes=len(chunks)))
+        older = varied_events(1, start=BASE - timedelta(days=5, minutes=len(chunks)))
+        await seed(client, newer + older)
+        arrivals += newer + older
+    assert all(chunk.count(b"\n") <= 5 for chunk in chunks)
+    assert len(chunks) >= 5
+    exported = [orjson.loads(line)["log_id"] for chunk in chunks for line in chunk.splitlines()]
+    assert len(exported) == len(set(exported))
+    assert [i for i in exported if i in {e["log_id"] for e in original}] == expected_ids(original)
+    # Keyset semantics: what arrives behind the reader is not read, what arrives ahead of it is.
+    assert not {e["log_id"] for e in arrivals if e["date"] > original[-1]["date"]} & set(exported)
+    # (The last pair arrived after the final page was read.)
+    assert {e["log_id"] for e in arrivals[:-2] if e["date"] < original[0]["date"]} <= set(exported)

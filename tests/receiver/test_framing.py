@@ -163,3 +163,18 @@ async def test_large_body(client: httpx.AsyncClient, engine: AsyncEngine, fmt: F
     assert response.headers["content-type"].startswith("application/json")
     assert response.json() == {"received": 3000, "stored": 3000, "duplicates": 0, "rejected": 0}
     assert await stored_ids(engine) == {e["log_id"] for e in events}
+
+
+async def test_gzip_with_several_members(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
+    """A gzip body may hold several members (RFC 1952 2.2; `cat a.gz b.gz`, streaming compressors);
+    `gzip -d` reads them all, so the receiver must too, or refuse: never drop the rest in silence."""
+    items = fixture_items("stream_events.jsonl")
+    body = gzip.compress(jsonl(items[:6])) + gzip.compress(jsonl(items[6:]))
+    assert gzip.decompress(body) == jsonl(items)
+    response = await client.post("/api/logs", content=body, headers=auth() | {"Content-Encoding": "gzip"})
+    if response.status_code == 200:
+        assert response.json()["received"] == len(items), response.text
+        await assert_stored_exactly(engine, items)
+    else:
+        assert response.status_code == 400, response.text
+        assert await stored_ids(engine) == set()

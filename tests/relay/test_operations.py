@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import httpx
+from datetime import UTC, datetime, timedelta
 
-from app.delivery import deliver_destination_once, deliver_once
+import httpx
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.delivery import deliver_destination_once, deliver_once, purge_delivered
+from app.models import OutboxItem
 from tests.conftest import LiveServer
 from tests.factories import make_event
 from tests.relay.conftest import add_destination, deliver_all, ingest, statuses
@@ -163,3 +168,25 @@ async def test_deleting_a_destination_drops_its_queue(relay: LiveServer, api: ht
     items = (await api.get("/api/deliveries")).json()["items"]
     assert {i["destination_id"] for i in items} == {keep["id"]}
     assert len(items) == 2
+
+
+async def test_old_delivered_rows_are_purged_and_dead_letters_kept(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver, engine: AsyncEngine
+) -> None:
+    await add_destination(api, receiver.url, send_as_batch=False, concurrent_calls=1)
+    await ingest(api, [make_event() for _ in range(3)])
+    receiver.answer(404)  # the first one dies
+    await deliver_all(relay.context)
+    assert await purge_delivered(relay.context) == 0  # delivered just now: kept
+
+    long_ago = datetime.now(UTC) - timedelta(days=8)
+    async with engine.begin() as conn:
+        first = await conn.scalar(select(func.min(OutboxItem.id)).where(OutboxItem.status == "delivered"))
+        await conn.execute(
+            update(OutboxItem)
+            .where(OutboxItem.status.in_(["delivered", "dead"]), OutboxItem.id <= first)
+            .values(delivered_at=long_ago, next_attempt_at=long_ago, created_at=long_ago)
+        )
+    assert await purge_delivered(relay.context) == 1
+    left = (await api.get("/api/deliveries")).json()["items"]
+    assert sorted(i["status"] for i in left) == ["dead", "delivered"]

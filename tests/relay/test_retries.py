@@ -267,3 +267,21 @@ async def test_a_receiver_that_never_answers_times_out_and_is_retried(
     receiver.hold.set()
     assert await next_round(live.context) == 1
     assert (await rows(engine))[0].status == "delivered"
+
+
+async def test_in_single_mode_an_outage_stops_the_round_at_the_first_failures(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver, engine: AsyncEngine
+) -> None:
+    destination = await add_destination(api, receiver.url, send_as_batch=False, concurrent_calls=2)
+    await ingest(api, [make_event() for _ in range(20)])
+    receiver.default = Answer(503)
+    await deliver_once(relay.context)
+    assert len(receiver.requests) == 2  # the calls already under way; the rest of the round is not sent
+    attempts = Counter(row.attempts for row in await rows(engine))
+    assert attempts == {0: 18, 1: 2}
+    await next_round(relay.context)
+    assert len(receiver.requests) == 3  # then one probe per backoff step
+    receiver.default = Answer(200)
+    await next_round(relay.context)
+    await deliver_all(relay.context)
+    assert await statuses(api, destination["id"]) == {"pending": 0, "failed": 0, "delivered": 20, "dead": 0}

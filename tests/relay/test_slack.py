@@ -61,6 +61,7 @@ async def test_slack_url_from_the_environment(
     async with httpx.AsyncClient(base_url=live.base_url, headers={"Authorization": ADMIN_TOKEN}) as api:
         [slack] = (await api.get("/api/destinations")).json()
         assert (slack["name"], slack["kind"], slack["categories"]) == ("slack", "slack", ["failure"])
+        assert slack["url"] == f"http://127.0.0.1:{receiver.port}/…"  # the path is Slack's token
         await ingest(api, [make_event(type="f"), make_event(type="s")])
         await deliver_all(live.context)
     [request] = receiver.requests

@@ -59,6 +59,10 @@ def make_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
         pool_size=10,
         max_overflow=10,
         pool_recycle=1800,
+        # Plan each statement for its actual values: event filters are heavily skewed (one user has
+        # ten events, another ten thousand), and the generic plan a prepared statement falls back to
+        # after five runs reads the wrong index for one or the other.
+        connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan"}},
         **kwargs,
     )
 

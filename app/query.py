@@ -24,7 +24,6 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
-    text,
     type_coerce,
     union_all,
 )
@@ -155,15 +154,8 @@ class Counts:
 
 @asynccontextmanager
 async def reading(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A connection for one read.
-
-    On PostgreSQL its transaction plans every statement for its actual values: filter values are
-    heavily skewed (one user has ten events, another ten thousand), and the generic plan a
-    prepared statement falls back to after five runs reads the wrong index for one or the other.
-    """
+    """A connection for one read (PostgreSQL plans it for its actual values: see app.db)."""
     async with engine.connect() as conn:
-        if conn.dialect.name == "postgresql":
-            await conn.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
         yield conn
 
 

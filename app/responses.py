@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.responses import Response
+from starlette import responses
 
 
-class JSONResponse(Response):
-    media_type = "application/json"
+class JSONResponse(responses.JSONResponse):
+    """Starlette's JSONResponse (so OpenAPI documents route schemas), encoded with orjson."""
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)

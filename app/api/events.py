@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
-from fastapi.responses import JSONResponse as DocumentedJSON
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import ContextDep, ReadAuth
@@ -27,11 +26,7 @@ from app.query import (
 )
 from app.responses import JSONResponse
 
-# Routes answer with app.responses.JSONResponse (orjson); FastAPI documents a response model only for a
-# response class derived from its own JSONResponse, so that one is named for the OpenAPI document.
-router = APIRouter(
-    tags=["events"], dependencies=[ReadAuth], responses=ERRORS, default_response_class=DocumentedJSON
-)
+router = APIRouter(tags=["events"], dependencies=[ReadAuth], responses=ERRORS)
 
 MAX_TYPES = 50
 # The most buckets one stats answer holds (an hour for 90 days, or a day for 5 years).

@@ -15,26 +15,13 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
-from app.models import LogEvent, PollerRun, PollerState
+from app.models import LogEvent, PollerRun
 from app.poller import poll_once
 from tests.poller.fake_auth0 import CLIENT_SECRET, FakeAuth0, make_logs
+from tests.poller.support import checkpoint, ids, stored_ids
 
 # Every test reads in checkpoint mode from the start, so pages are items[0:10], items[10:20], ...
 BEFORE_ALL = "2026-01-01"
-
-
-async def stored_ids(engine: AsyncEngine) -> list[str]:
-    async with engine.connect() as conn:
-        return list(await conn.scalars(select(LogEvent.log_id).order_by(LogEvent.log_id)))
-
-
-async def checkpoint(engine: AsyncEngine) -> str | None:
-    async with engine.connect() as conn:
-        return await conn.scalar(select(PollerState.checkpoint))
-
-
-def ids(items: list[dict[str, Any]]) -> list[str]:
-    return [item["_id"] for item in items]
 
 
 @asynccontextmanager

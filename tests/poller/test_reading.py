@@ -11,24 +11,11 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
-from app.models import LogEvent, PollerState
+from app.models import LogEvent
 from app.poller import poll_once
 from tests.conftest import auth
 from tests.poller.fake_auth0 import FakeAuth0, make_logs
-
-
-async def stored_ids(engine: AsyncEngine) -> list[str]:
-    async with engine.connect() as conn:
-        return list(await conn.scalars(select(LogEvent.log_id).order_by(LogEvent.log_id)))
-
-
-async def checkpoint(engine: AsyncEngine) -> str | None:
-    async with engine.connect() as conn:
-        return await conn.scalar(select(PollerState.checkpoint))
-
-
-def ids(items: list[dict[str, Any]]) -> list[str]:
-    return [item["_id"] for item in items]
+from tests.poller.support import checkpoint, ids, stored_ids
 
 
 async def test_every_log_is_stored_once_across_runs_and_restarts(

@@ -6,17 +6,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
 from sqlalchemy import insert, text
-from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.auth0.catalog import category_of
 from app.auth0.stream import Rejected, StreamEvent, UnencodableEvent, encode
 from app.db import RawJSON
-from app.models import LogEvent, QuarantinedLine
+from app.models import QuarantinedLine
 from app.outbox import enqueue
 
 # Longer values stay whole in `data`; the indexed copy is cut so that no index entry is oversized.
@@ -119,19 +119,44 @@ async def insert_events(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -
     if conn.dialect.name == "postgresql":
         # One statement shape whatever the row count, so asyncpg prepares it once; a multi-row
         # VALUES list would be a new statement to prepare for every batch size.
-        columns = {name: [row[name] for row in rows] for name in _PG_COLUMNS}
+        columns = {name: [row[name] for row in rows] for name in _COLUMNS}
         result = await conn.execute(_PG_UNNEST_INSERT, columns)
-    else:
-        statement = (
-            sqlite.insert(LogEvent)
-            .on_conflict_do_nothing(index_elements=["log_id"])
-            .returning(LogEvent.log_id)
-        )
-        result = await conn.execute(statement, list(rows))
-    return set(result.scalars())
+        return set(result.scalars())
+    # SQLite: plain tuples into a multi-row VALUES statement. SQLAlchemy's per-row parameter
+    # processing was a seventh of the ingest profile, on the event loop.
+    stored: set[str] = set()
+    for start in range(0, len(rows), _SQLITE_ROWS_PER_STATEMENT):
+        chunk = rows[start : start + _SQLITE_ROWS_PER_STATEMENT]
+        params = [value for row in chunk for value in _sqlite_values(row)]
+        result = await conn.exec_driver_sql(_sqlite_insert(len(chunk)), tuple(params))
+        stored.update(result.scalars())
+    return stored
 
 
-_PG_COLUMNS = {
+_SQLITE_ROWS_PER_STATEMENT = 1000  # 15 columns each: well under SQLite's 32,766 variables
+
+
+@lru_cache(maxsize=32)
+def _sqlite_insert(count: int) -> str:
+    row = "(" + ", ".join("?" * len(_COLUMNS)) + ")"
+    return (
+        f"INSERT INTO log_events ({', '.join(_COLUMNS)}) VALUES {', '.join([row] * count)} "
+        "ON CONFLICT (log_id) DO NOTHING RETURNING log_id"
+    )
+
+
+def _sqlite_values(row: dict[str, Any]) -> tuple[Any, ...]:
+    # Dates as SQLAlchemy's SQLite DATETIME stores them (naive UTC), so that reads parse them back.
+    return tuple(
+        _sqlite_datetime(row[name]) if name in ("date", "received_at") else row[name] for name in _COLUMNS
+    )
+
+
+def _sqlite_datetime(value: datetime) -> str:
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+_COLUMNS = {
     "log_id": "text",
     "date": "timestamptz",
     "type": "text",
@@ -149,10 +174,10 @@ _PG_COLUMNS = {
     "id_generated": "boolean",
 }
 _PG_UNNEST_INSERT = text(
-    f"INSERT INTO log_events ({', '.join(_PG_COLUMNS)}) "
-    f"SELECT {', '.join('CAST(data AS jsonb)' if c == 'data' else c for c in _PG_COLUMNS)} FROM unnest("
-    + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _PG_COLUMNS.items())
-    + f") AS u({', '.join(_PG_COLUMNS)}) "
+    f"INSERT INTO log_events ({', '.join(_COLUMNS)}) "
+    f"SELECT {', '.join('CAST(data AS jsonb)' if c == 'data' else c for c in _COLUMNS)} FROM unnest("
+    + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _COLUMNS.items())
+    + f") AS u({', '.join(_COLUMNS)}) "
     "ON CONFLICT (log_id) DO NOTHING RETURNING log_id"
 )
 

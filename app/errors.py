@@ -76,9 +76,16 @@ def error_response(
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
 
 
+def render_error(exc: Exception) -> JSONResponse:
+    """The JSON answer for an AppError, or a logged 500 for anything else."""
+    if isinstance(exc, AppError):
+        return error_response(exc.status_code, exc.error, exc.detail, exc.headers)
+    log.error("unhandled error", exc_info=exc)
+    return error_response(500, "internal_error", "an unexpected error occurred; it has been logged")
+
+
 async def _app_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, AppError)
-    return error_response(exc.status_code, exc.error, exc.detail, exc.headers)
+    return render_error(exc)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -100,8 +107,7 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-    log.error("unhandled error", exc_info=exc)
-    return error_response(500, "internal_error", "an unexpected error occurred; it has been logged")
+    return render_error(exc)
 
 
 def add_exception_handlers(app: FastAPI) -> None:

@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None, *, run_workers: bool | None = N
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     add_exception_handlers(app)
+    app.add_middleware(logs.IngestFastPath)
     for module in (logs, events, destinations, deliveries, poller, health):
         app.include_router(module.router)
     return app

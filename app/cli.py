@@ -31,6 +31,21 @@ def load_settings(**overrides: object) -> Settings:
         raise typer.Exit(2) from None
 
 
+def prepare_database(settings: Settings) -> None:
+    """Migrate the embedded SQLite; on PostgreSQL, shared by replicas, only check it is current."""
+    if settings.is_sqlite:
+        migrate.upgrade(settings)
+        return
+    try:
+        behind = migrate.pending(settings)
+    except Exception as exc:
+        typer.echo(f"logrelay: cannot reach the database ({type(exc).__name__}: {exc})", err=True)
+        raise typer.Exit(1) from None
+    if behind:
+        typer.echo("logrelay: the database schema is not current; run `logrelay migrate` first", err=True)
+        raise typer.Exit(2)
+
+
 @cli.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind [env HOST; default 127.0.0.1]")] = None,
@@ -42,8 +57,7 @@ def serve(
     """Run the API (and, unless RUN_WORKERS=false, the delivery and poller loops)."""
     settings = load_settings(host=host, port=port)
     configure_logging(settings.service_log_level)
-    if settings.is_sqlite:
-        migrate.upgrade(settings)
+    prepare_database(settings)
     tokens = load_tokens(settings)
     _announce(settings, tokens, https=ssl_certfile is not None)
     uvicorn.run(
@@ -76,8 +90,7 @@ def worker() -> None:
     """Run the delivery and poller loops without the API."""
     settings = load_settings()
     configure_logging(settings.service_log_level)
-    if settings.is_sqlite:
-        migrate.upgrade(settings)
+    prepare_database(settings)
     asyncio.run(_run_workers(settings))
 
 
@@ -101,8 +114,7 @@ def poll(once: Annotated[bool, typer.Option("--once", help="Run one pass and exi
     """Read the Auth0 Management API logs from the checkpoint (non-zero exit on failure)."""
     settings = load_settings()
     configure_logging(settings.service_log_level)
-    if settings.is_sqlite:
-        migrate.upgrade(settings)
+    prepare_database(settings)
     from app.poller import run_poll_command
 
     sys.exit(asyncio.run(run_poll_command(settings, once=once)))

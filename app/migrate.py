@@ -7,8 +7,11 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 from app.config import Settings
+from app.db import make_engine
 
 
 def alembic_config(settings: Settings) -> Config:
@@ -31,6 +34,16 @@ def downgrade(settings: Settings, revision: str = "base") -> None:
     command.downgrade(alembic_config(settings), revision)
 
 
-async def upgrade_async(settings: Settings) -> None:
-    # env.py runs its own event loop, so it needs a thread of its own.
-    await asyncio.to_thread(upgrade, settings)
+def pending(settings: Settings) -> bool:
+    """Whether the database is behind the newest revision of the history."""
+    head = ScriptDirectory.from_config(alembic_config(settings)).get_current_head()
+
+    async def current() -> str | None:
+        engine = make_engine(settings)
+        try:
+            async with engine.connect() as conn:
+                return await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_revision())
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(current()) != head

@@ -118,3 +118,13 @@ async def test_autogenerate_check_sees_a_drift(
         await engine.dispose()
     diff = await schema_diff(settings)
     assert [d[0] for d in diff] == ["add_index"]
+
+
+def test_pending_tells_a_fresh_database_from_a_current_one(tmp_path: Path, database_url: str) -> None:
+    """`serve` on PostgreSQL refuses to start on a schema that `logrelay migrate` has not brought up."""
+    fresh = Settings(database_url=f"sqlite:///{tmp_path / 'fresh.db'}", _env_file=None)  # type: ignore[call-arg]
+    assert migrate.pending(fresh)
+    migrate.upgrade(fresh)
+    assert not migrate.pending(fresh)
+    current = Settings(database_url=database_url, _env_file=None)  # type: ignore[call-arg]
+    assert not migrate.pending(current)

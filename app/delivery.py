@@ -26,7 +26,7 @@ from app.models import Destination, LogEvent
 from app.outbox import Claim, ClaimedItem, Target
 from app.payloads import message_id, render_body
 from app.retry import Outcome, RetryPolicy, excerpt, parse_retry_after, verdict_of
-from app.workers import wait_or_stop
+from app.stopping import wait_or_stop
 
 log = logging.getLogger(__name__)
 

@@ -84,7 +84,7 @@ def render_error(exc: Exception) -> JSONResponse:
     return error_response(500, "internal_error", "an unexpected error occurred; it has been logged")
 
 
-async def _app_error(_: Request, exc: Exception) -> JSONResponse:
+async def _render(_: Request, exc: Exception) -> JSONResponse:
     return render_error(exc)
 
 
@@ -106,12 +106,8 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, error, exc.detail, getattr(exc, "headers", None))
 
 
-async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-    return render_error(exc)
-
-
 def add_exception_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(AppError, _render)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)
+    app.add_exception_handler(Exception, _render)

@@ -27,6 +27,7 @@ from app.config import Settings
 from app.context import Context, open_context
 from app.ingest import Batch, store_batches, to_rows
 from app.schedule import parse_schedule
+from app.stopping import wait_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -223,8 +224,6 @@ async def _wait(seconds: float, deadline: float, stop: asyncio.Event | None, why
     if stop is None:
         await asyncio.sleep(seconds)
         return
-    from app.workers import wait_or_stop
-
     await wait_or_stop(stop, seconds)
     if stop.is_set():
         raise _Stopped("")
@@ -307,8 +306,6 @@ async def run_poller_loop(context: Context, stop: asyncio.Event) -> None:
     schedule = parse_schedule(context.settings.poll_schedule)
     now = datetime.now(UTC)
     next_at = now if schedule.interval is not None else schedule.next_after(now)
-    from app.workers import wait_or_stop
-
     while not stop.is_set():
         delay = (next_at - datetime.now(UTC)).total_seconds()
         if delay > 0:

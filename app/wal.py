@@ -8,10 +8,11 @@ hundred rows. A PASSIVE checkpoint on its own connection does that work beside t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.stopping import wait_or_stop
 
 log = logging.getLogger(__name__)
 INTERVAL_SECONDS = 1.0
@@ -19,8 +20,7 @@ INTERVAL_SECONDS = 1.0
 
 async def run_checkpoints(engine: AsyncEngine, stop: asyncio.Event) -> None:
     while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), INTERVAL_SECONDS)
+        await wait_or_stop(stop, INTERVAL_SECONDS)
         try:
             async with engine.connect() as conn:
                 await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")

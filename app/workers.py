@@ -12,26 +12,18 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from app.context import Context
+from app.delivery import run_delivery_loop
+from app.poller import run_poller_loop
 
 Loop = Callable[[Context, asyncio.Event], Coroutine[Any, Any, None]]
 
 
 def background_loops(context: Context) -> list[Loop]:
     """The loops this configuration needs."""
-    # Imported here: the loops use wait_or_stop from this module.
-    from app.delivery import run_delivery_loop
-    from app.poller import run_poller_loop
-
     loops: list[Loop] = [run_delivery_loop]
     if context.settings.auth0_domain:
         loops.append(run_poller_loop)
     return loops
-
-
-async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep `seconds`, but return at once when `stop` is set."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
 
 
 class Workers:

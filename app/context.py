@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import __version__
 from app.committer import GroupCommitter
 from app.config import Settings
-from app.db import make_engine
+from app.db import make_engine, make_sqlite_writer_engine
 from app.destinations import env_destination_specs, sync_env_destinations
 from app.extension import extension_destination_spec
 from app.tokens import Tokens, load_tokens
@@ -37,7 +37,12 @@ async def open_context(settings: Settings) -> AsyncIterator[Context]:
     engine = make_engine(settings)
     # SQLite has one writer at a time; PostgreSQL takes a few transactions in parallel.
     writers = 1 if settings.is_sqlite else 4
-    committer = GroupCommitter(engine, max_rows=settings.commit_max_rows, writers=writers)
+    committer = GroupCommitter(
+        engine,
+        max_rows=settings.commit_max_rows,
+        writers=writers,
+        sqlite_writer=make_sqlite_writer_engine(settings) if settings.is_sqlite else None,
+    )
     http = httpx.AsyncClient(
         headers={"User-Agent": USER_AGENT},
         timeout=settings.delivery_timeout,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from sqlalchemy import MetaData, event
+from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
@@ -65,6 +65,21 @@ def make_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
         connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan"}},
         **kwargs,
     )
+
+
+def make_sqlite_writer_engine(settings: Settings) -> Engine:
+    """A synchronous engine on the SQLite file, for the group committer's writer thread."""
+    url = settings.database_url.replace("sqlite+aiosqlite://", "sqlite+pysqlite://", 1)
+    engine = create_engine(
+        url,
+        json_serializer=dump_json,
+        json_deserializer=orjson.loads,
+        connect_args={"timeout": 30, "check_same_thread": False},
+        pool_size=1,
+        max_overflow=0,
+    )
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -1,5 +1,8 @@
 """Normalise events into rows and store them: insert-or-ignore plus outbox rows, in the caller's
-transaction. This module never commits; the group committer and the poller do."""
+transaction. This module never commits; the group committer and the poller do.
+
+The store is synchronous SQL on a plain Connection: on SQLite the group committer runs a whole
+transaction of it on its writer thread, and async callers run it with `AsyncConnection.run_sync`."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import insert, text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from app.auth0.catalog import category_of
 from app.auth0.stream import Rejected, StreamEvent, UnencodableEvent, encode
@@ -82,7 +85,7 @@ def to_rows(
     return rows, rejected
 
 
-async def store_batches(conn: AsyncConnection, batches: Sequence[Batch]) -> list[StoreResult]:
+def store_batches(conn: Connection, batches: Sequence[Batch]) -> list[StoreResult]:
     """Store several batches in one statement per table; each batch gets its own counts.
 
     A log id seen twice counts as stored for its first batch and as a duplicate after that.
@@ -93,10 +96,10 @@ async def store_batches(conn: AsyncConnection, batches: Sequence[Batch]) -> list
             unique.setdefault(row["log_id"], row)
     # Sorted keys give concurrent writers one lock order, so they never deadlock.
     rows = [unique[key] for key in sorted(unique)]
-    stored = await insert_events(conn, rows)
-    await quarantine(conn, [(b.source, b.received_at, r) for b in batches for r in b.rejected])
+    stored = insert_events(conn, rows)
+    quarantine(conn, [(b.source, b.received_at, r) for b in batches for r in b.rejected])
     if stored:
-        await enqueue(conn, [unique[log_id] for log_id in sorted(stored)])
+        enqueue(conn, [unique[log_id] for log_id in sorted(stored)])
 
     results: list[StoreResult] = []
     for batch in batches:
@@ -112,7 +115,7 @@ async def store_batches(conn: AsyncConnection, batches: Sequence[Batch]) -> list
     return results
 
 
-async def insert_events(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> set[str]:
+def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> set[str]:
     """INSERT ... ON CONFLICT DO NOTHING RETURNING log_id: the ids that were new."""
     if not rows:
         return set()
@@ -120,7 +123,7 @@ async def insert_events(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -
         # One statement shape whatever the row count, so asyncpg prepares it once; a multi-row
         # VALUES list would be a new statement to prepare for every batch size.
         columns = {name: [row[name] for row in rows] for name in _COLUMNS}
-        result = await conn.execute(_PG_UNNEST_INSERT, columns)
+        result = conn.execute(_PG_UNNEST_INSERT, columns)
         return set(result.scalars())
     # SQLite: plain tuples into a multi-row VALUES statement. SQLAlchemy's per-row parameter
     # processing was a seventh of the ingest profile, on the event loop.
@@ -128,11 +131,19 @@ async def insert_events(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -
     for start in range(0, len(rows), _SQLITE_ROWS_PER_STATEMENT):
         chunk = rows[start : start + _SQLITE_ROWS_PER_STATEMENT]
         params = [value for row in chunk for value in _sqlite_values(row)]
-        result = await conn.exec_driver_sql(_sqlite_insert(len(chunk)), tuple(params))
-        stored.update(result.scalars())
+        inserted = (conn.exec_driver_sql(_sqlite_insert(len(chunk)), tuple(params))).rowcount
+        if inserted == len(chunk):
+            stored.update(row["log_id"] for row in chunk)
+        elif inserted:
+            # No RETURNING: it hands each row back to Python one step at a time, and every step
+            # waits for the GIL while the event loop is busy. The writer holds the write lock, so
+            # the rows this statement inserted are the last `inserted` rowids (max + 1, max + 2...).
+            new = conn.exec_driver_sql(_SQLITE_INSERTED, (inserted,))
+            stored.update(orjson.loads(new.scalar_one()))
     return stored
 
 
+_SQLITE_INSERTED = "SELECT json_group_array(log_id) FROM log_events WHERE rowid > last_insert_rowid() - ?"
 _SQLITE_ROWS_PER_STATEMENT = 1000  # 15 columns each: well under SQLite's 32,766 variables
 
 
@@ -141,7 +152,7 @@ def _sqlite_insert(count: int) -> str:
     row = "(" + ", ".join("?" * len(_COLUMNS)) + ")"
     return (
         f"INSERT INTO log_events ({', '.join(_COLUMNS)}) VALUES {', '.join([row] * count)} "
-        "ON CONFLICT (log_id) DO NOTHING RETURNING log_id"
+        "ON CONFLICT (log_id) DO NOTHING"
     )
 
 
@@ -182,9 +193,9 @@ _PG_UNNEST_INSERT = text(
 )
 
 
-async def quarantine(conn: AsyncConnection, items: Sequence[tuple[str, datetime, Rejected]]) -> None:
+def quarantine(conn: Connection, items: Sequence[tuple[str, datetime, Rejected]]) -> None:
     if items:
-        await conn.execute(
+        conn.execute(
             insert(QuarantinedLine),
             [
                 {"source": source, "received_at": at, "line_no": r.position, "reason": r.reason, "raw": r.raw}

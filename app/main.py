@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from app import __version__
 from app.api import deliveries, destinations, events, health, logs, poller
@@ -16,7 +17,12 @@ from app.responses import JSONResponse
 from app.workers import Workers
 
 
-def create_app(settings: Settings | None = None, *, run_workers: bool | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, run_workers: bool | None = None) -> ASGIApp:
+    """The ASGI application `serve` runs: FastAPI, behind the ingest fast path (app.api.logs)."""
+    return logs.IngestFastPath(create_fastapi_app(settings, run_workers=run_workers))
+
+
+def create_fastapi_app(settings: Settings | None = None, *, run_workers: bool | None = None) -> FastAPI:
     settings = settings or Settings()
     workers_on = settings.run_workers if run_workers is None else run_workers
 
@@ -43,7 +49,6 @@ def create_app(settings: Settings | None = None, *, run_workers: bool | None = N
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     add_exception_handlers(app)
-    app.add_middleware(logs.IngestFastPath)
     for module in (logs, events, destinations, deliveries, poller, health):
         app.include_router(module.router)
     return app

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import and_, delete, exists, insert, or_, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.filters import EventFilter
@@ -27,13 +28,13 @@ SINGLE_ROUNDS = 4
 MAX_CLAIM = 5000  # rows one claim may lease, whatever batch size x concurrent calls asks for
 
 
-async def enqueue(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> int:
+def enqueue(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
     """Queue each newly stored event for every enabled destination whose filter matches it.
 
     Runs inside the storing transaction, so an event is never stored without being queued.
     Costs one SELECT of the enabled destinations and at most one multi-row INSERT.
     """
-    targets = await conn.execute(
+    targets = conn.execute(
         select(Destination.id, Destination.types, Destination.categories, Destination.api_endpoints).where(
             Destination.enabled.is_(True)
         )
@@ -51,7 +52,7 @@ async def enqueue(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> int:
             if event_filter.matches(row["type"], row["category"], data or {}):
                 items.append(new_item(destination_id, row["log_id"], now))
     if items:
-        await conn.execute(insert(OutboxItem), items)
+        conn.execute(insert(OutboxItem), items)
     return len(items)
 
 

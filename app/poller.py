@@ -254,7 +254,7 @@ async def _save(
         next_checkpoint = ids[-1] if ids else cursor.checkpoint
     rows, rejected = to_rows(events, "poller", received_at)
     async with context.engine.begin() as conn:
-        [stored] = await store_batches(conn, [Batch(rows, rejected, "poller", received_at)])
+        [stored] = await conn.run_sync(store_batches, [Batch(rows, rejected, "poller", received_at)])
         await poller_state.save_checkpoint(conn, lease, next_checkpoint, cursor.start_from)
     cursor.checkpoint, cursor.dirty = next_checkpoint, False
     result.pages += 1 if items else 0

@@ -119,7 +119,7 @@ class LiveServer:
 
     @property
     def context(self) -> Any:
-        return self.app.state.context
+        return self.app.app.state.context  # create_app's FastAPI app, behind the ingest fast path
 
 
 @pytest.fixture

@@ -89,7 +89,7 @@ async def run(settings: Settings, url: str, events: int, mode: dict[str, Any]) -
         for start in range(0, events, 1000):
             rows, rejected = to_rows(_stream_events(min(1000, events - start)), "stream", now)
             async with context.engine.begin() as conn:
-                await store_batches(conn, [Batch(rows, rejected, "stream", now)])
+                await conn.run_sync(store_batches, [Batch(rows, rejected, "stream", now)])
 
         stop = asyncio.Event()
         began = time.perf_counter()

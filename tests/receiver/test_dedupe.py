@@ -13,7 +13,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth0.stream import to_event
-from app.ingest import Batch, store_batches, to_rows
+from app.ingest import Batch, insert_events, store_batches, to_rows
 from tests.conftest import auth
 from tests.factories import envelope, make_event, make_stream_body
 from tests.receiver.support import count_events, fixture_items, get_event, jsonl, stored_ids
@@ -90,7 +90,7 @@ async def test_across_sources_poller_first(client: httpx.AsyncClient, engine: As
     item = fixture_items("mgmt_api_logs.json")[2]
     rows, rejected = to_rows([to_event(item)], "poller", datetime.now(UTC))
     async with engine.begin() as conn:
-        (result,) = await store_batches(conn, [Batch(rows, rejected, "poller", datetime.now(UTC))])
+        (result,) = await conn.run_sync(store_batches, [Batch(rows, rejected, "poller", datetime.now(UTC))])
     assert (result.stored, result.duplicates) == (1, 0)
 
     stream_copy = {"log_id": item["log_id"], "data": {k: v for k, v in item.items() if k != "_id"}}
@@ -110,7 +110,7 @@ async def test_across_sources_stream_first(client: httpx.AsyncClient, engine: As
     await post(client, make_stream_body([event], "jsonl"))
     rows, _ = to_rows([to_event(event)], "poller", datetime.now(UTC))
     async with engine.begin() as conn:
-        (result,) = await store_batches(conn, [Batch(rows, [], "poller", datetime.now(UTC))])
+        (result,) = await conn.run_sync(store_batches, [Batch(rows, [], "poller", datetime.now(UTC))])
     assert (result.received, result.stored, result.duplicates) == (1, 0, 1)
     assert (await get_event(engine, event["log_id"])).source == "stream"
 
@@ -144,3 +144,24 @@ async def test_concurrent_identical_requests(client: httpx.AsyncClient, engine: 
     assert sum(a["stored"] for a in answers) == 25
     assert sum(a["duplicates"] for a in answers) == 25 * 29
     assert await count_events(engine) == 25
+
+
+async def test_store_returns_exactly_the_new_ids(engine: AsyncEngine) -> None:
+    """insert_events reports the ids it inserted, and only those, when old and new ids are mixed
+    within one statement and across statements (a statement holds at most 1,000 rows)."""
+    events = [make_event() for _ in range(2500)]
+    now = datetime.now(UTC)
+    old = events[:100] + events[1200:1300] + events[2400:]
+    rows, _ = to_rows([to_event(e) for e in old], "stream", now)
+    async with engine.begin() as conn:
+        first = await conn.run_sync(insert_events, rows)
+    assert first == {e["log_id"] for e in old}
+
+    rows, _ = to_rows([to_event(e) for e in events], "stream", now)
+    rows.sort(key=lambda row: row["log_id"])  # as store_batches orders them
+    async with engine.begin() as conn:
+        second = await conn.run_sync(insert_events, rows)
+    assert second == {e["log_id"] for e in events} - first
+    async with engine.begin() as conn:
+        assert await conn.run_sync(insert_events, rows) == set()
+    assert await count_events(engine) == 2500

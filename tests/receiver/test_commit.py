@@ -1,16 +1,22 @@
 """Group commit under failure: a batch the database refuses fails only its own request (a 5xx, so
-Auth0 retries it), never the requests that shared its transaction."""
+Auth0 retries it), never the requests that shared its transaction; and a stop drops nothing."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.auth0.stream import to_event
+from app.committer import GroupCommitter
+from app.config import Settings
+from app.db import make_sqlite_writer_engine
+from app.ingest import Batch, to_rows
 from tests.conftest import auth, is_postgres
 from tests.factories import make_event, make_stream_body
 from tests.receiver.support import stored_ids
@@ -73,3 +79,21 @@ async def test_a_refused_batch_fails_alone(client: httpx.AsyncClient, engine: As
     # The receiver goes on working, and the refused batch's good event arrives on the retry.
     response = await post([poison_batch[0]])
     assert response.json()["stored"] == 1
+
+
+async def test_stop_commits_and_answers_every_queued_batch(settings: Settings, engine: AsyncEngine) -> None:
+    """Stopping while a commit is on disk and more batches wait: every one is stored and answered."""
+    sqlite_writer = make_sqlite_writer_engine(settings) if settings.is_sqlite else None
+    committer = GroupCommitter(engine, max_rows=20, writers=2, sqlite_writer=sqlite_writer)
+    committer.start()
+    now = datetime.now(UTC)
+    batches = [to_rows([to_event(make_event()) for _ in range(10)], "stream", now)[0] for _ in range(12)]
+    stores = [asyncio.create_task(committer.store(Batch(rows, [], "stream", now))) for rows in batches]
+    # Once the first commit has answered, the writer is already in the next one: stop now.
+    await asyncio.wait(stores, return_when=asyncio.FIRST_COMPLETED)
+    assert not all(store.done() for store in stores)
+    await committer.stop()
+
+    results = await asyncio.wait_for(asyncio.gather(*stores), 10)
+    assert [r.stored for r in results] == [10] * 12
+    assert await stored_ids(engine) == {row["log_id"] for rows in batches for row in rows}

@@ -2,19 +2,23 @@
 
 Requests hand their batch to a writer and wait. The writer takes every batch queued while the
 previous commit was on disk and stores them in one transaction, so one fsync serves many requests,
-and each request is answered only after the commit that holds its own events.
+and each request is answered only after the commit that holds its own events. A batch the database
+refuses fails alone: the group is retried batch by batch.
 
-On SQLite the writer runs each whole transaction on its own thread, on a synchronous connection.
-Through the async driver each statement would wait for a turn of the event loop to start the next,
-and under load a turn is long: the loop is parsing the next requests.
-On PostgreSQL a few writer tasks keep several transactions in flight.
+SQLite has one writer at a time, so its committer is one thread with a synchronous connection that
+takes batches straight from a thread-safe queue: through the async driver every statement, and the
+hand-over between commits, would wait for a turn of the event loop, which under load is busy parsing
+the next requests. PostgreSQL takes a few transactions in parallel: a few writer tasks on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -24,18 +28,70 @@ from app.ingest import Batch, StoreResult, store_batches
 log = logging.getLogger(__name__)
 
 _Pending = tuple[Batch, "asyncio.Future[StoreResult]"]
-_STOP = None  # queued once per writer by stop(): the writer ends after what it holds
+_Outcome = StoreResult | Exception
 
 
-class GroupCommitter:
-    def __init__(
-        self, engine: AsyncEngine, *, max_rows: int, writers: int, sqlite_writer: Engine | None = None
-    ) -> None:
+class Committer(Protocol):
+    async def store(self, batch: Batch) -> StoreResult: ...
+    def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+class SQLiteCommitter:
+    """One writer thread on a synchronous SQLite connection."""
+
+    def __init__(self, engine: Engine, *, max_rows: int) -> None:
         self._engine = engine
-        self._sqlite_writer = sqlite_writer
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer") if sqlite_writer else None
         self._max_rows = max_rows
-        self._writers = 1 if sqlite_writer else writers
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="sqlite-writer", daemon=True)
+
+    async def store(self, batch: Batch) -> StoreResult:
+        """Store one batch durably; returns once the transaction holding it has committed."""
+        future: asyncio.Future[StoreResult] = asyncio.get_running_loop().create_future()
+        self._queue.put((batch, future))
+        return await future
+
+    def start(self) -> None:
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Commits and answers everything queued, then ends the thread."""
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._engine.dispose()
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping and (first := self._queue.get()) is not None:
+            pending = [first]
+            rows = len(first[0].rows)
+            while rows < self._max_rows:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:  # the stop signal: this group is the last
+                    stopping = True
+                    break
+                pending.append(item)
+                rows += len(item[0].rows)
+            outcomes = _outcomes(self._transaction, [batch for batch, _ in pending])
+            for (_, future), outcome in zip(pending, outcomes, strict=True):
+                future.get_loop().call_soon_threadsafe(_settle, future, outcome)
+
+    def _transaction(self, batches: list[Batch]) -> list[StoreResult]:
+        with self._engine.begin() as conn:
+            return store_batches(conn, batches)
+
+
+class AsyncCommitter:
+    """A few writer tasks on the event loop, each with its own transaction (PostgreSQL)."""
+
+    def __init__(self, engine: AsyncEngine, *, max_rows: int, writers: int) -> None:
+        self._engine = engine
+        self._max_rows = max_rows
+        self._writers = writers
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -49,61 +105,58 @@ class GroupCommitter:
         self._tasks = [asyncio.create_task(self._write_loop()) for _ in range(self._writers)]
 
     async def stop(self) -> None:
+        """Commits and answers everything queued, then ends the writers."""
         for _ in self._tasks:
-            await self._queue.put(_STOP)
+            await self._queue.put(None)
         await asyncio.gather(*self._tasks)
-        while not self._queue.empty():  # anything queued after the stop is answered, not dropped
-            if item := self._queue.get_nowait():
-                await self._commit([item])
-        if self._thread:
-            self._thread.shutdown()
-        if self._sqlite_writer:
-            self._sqlite_writer.dispose()
 
     async def _write_loop(self) -> None:
-        while (first := await self._queue.get()) is not _STOP:
+        while (first := await self._queue.get()) is not None:
             pending = [first]
             rows = len(first[0].rows)
             while rows < self._max_rows and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is _STOP:
-                    await self._queue.put(item)  # end after this commit
+                if (item := self._queue.get_nowait()) is None:
+                    self._queue.put_nowait(None)  # another writer's stop signal, or ours: after this
                     break
                 pending.append(item)
                 rows += len(item[0].rows)
-            await self._commit(pending)
-
-    async def _commit(self, pending: list[_Pending]) -> None:
-        try:
-            results = await self._transaction([batch for batch, _ in pending])
-        except Exception as exc:
-            if len(pending) > 1:
-                # One bad batch must not fail the requests that shared its transaction.
-                for item in pending:
-                    await self._commit([item])
-                return
-            log.exception("store failed", extra={"rows": len(pending[0][0].rows)})
-            _settle(pending[0][1], exc)
-            return
-        for (_, future), result in zip(pending, results, strict=True):
-            _settle(future, result)
+            outcomes = await _outcomes_async(self._transaction, [batch for batch, _ in pending])
+            for (_, future), outcome in zip(pending, outcomes, strict=True):
+                _settle(future, outcome)
 
     async def _transaction(self, batches: list[Batch]) -> list[StoreResult]:
-        if self._sqlite_writer:
-            return await asyncio.get_running_loop().run_in_executor(self._thread, self._store, batches)
         async with self._engine.begin() as conn:
             return await conn.run_sync(store_batches, batches)
 
-    def _store(self, batches: list[Batch]) -> list[StoreResult]:
-        assert self._sqlite_writer
-        with self._sqlite_writer.begin() as conn:
-            return store_batches(conn, batches)
+
+def _outcomes(
+    transaction: Callable[[list[Batch]], list[StoreResult]], batches: list[Batch]
+) -> list[_Outcome]:
+    try:
+        return list(transaction(batches))
+    except Exception as exc:
+        if len(batches) == 1:
+            log.exception("store failed", extra={"rows": len(batches[0].rows)})
+            return [exc]
+    return [outcome for batch in batches for outcome in _outcomes(transaction, [batch])]
 
 
-def _settle(future: asyncio.Future[StoreResult], outcome: StoreResult | BaseException) -> None:
+async def _outcomes_async(
+    transaction: Callable[[list[Batch]], Awaitable[list[StoreResult]]], batches: list[Batch]
+) -> list[_Outcome]:
+    try:
+        return list(await transaction(batches))
+    except Exception as exc:
+        if len(batches) == 1:
+            log.exception("store failed", extra={"rows": len(batches[0].rows)})
+            return [exc]
+    return [outcome for batch in batches for outcome in await _outcomes_async(transaction, [batch])]
+
+
+def _settle(future: asyncio.Future[StoreResult], outcome: _Outcome) -> None:
     if future.done():  # the request went away; its events are stored all the same
         return
-    if isinstance(outcome, BaseException):
+    if isinstance(outcome, Exception):
         future.set_exception(outcome)
     else:
         future.set_result(outcome)

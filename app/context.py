@@ -14,7 +14,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import __version__
-from app.committer import GroupCommitter
+from app.committer import AsyncCommitter, Committer, SQLiteCommitter
 from app.config import Settings
 from app.db import make_engine, make_sqlite_writer_engine
 from app.destinations import env_destination_specs, sync_env_destinations
@@ -29,7 +29,7 @@ USER_AGENT = f"logrelay/{__version__}"
 class Context:
     settings: Settings
     engine: AsyncEngine
-    committer: GroupCommitter
+    committer: Committer
     http: httpx.AsyncClient
     tokens: Tokens
 
@@ -53,14 +53,11 @@ GC_YOUNG_THRESHOLD = 20_000
 @asynccontextmanager
 async def open_context(settings: Settings) -> AsyncIterator[Context]:
     engine = make_engine(settings)
-    # SQLite has one writer at a time; PostgreSQL takes a few transactions in parallel.
-    writers = 1 if settings.is_sqlite else 4
-    committer = GroupCommitter(
-        engine,
-        max_rows=settings.commit_max_rows,
-        writers=writers,
-        sqlite_writer=make_sqlite_writer_engine(settings) if settings.is_sqlite else None,
-    )
+    committer: Committer
+    if settings.is_sqlite:  # one writer at a time
+        committer = SQLiteCommitter(make_sqlite_writer_engine(settings), max_rows=settings.commit_max_rows)
+    else:  # a few transactions in parallel
+        committer = AsyncCommitter(engine, max_rows=settings.commit_max_rows, writers=4)
     http = httpx.AsyncClient(
         headers={"User-Agent": USER_AGENT},
         timeout=settings.delivery_timeout,

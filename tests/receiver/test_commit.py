@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth0.stream import to_event
-from app.committer import GroupCommitter
+from app.committer import AsyncCommitter, Committer, SQLiteCommitter
 from app.config import Settings
 from app.db import make_sqlite_writer_engine
 from app.ingest import Batch, to_rows
@@ -83,8 +83,11 @@ async def test_a_refused_batch_fails_alone(client: httpx.AsyncClient, engine: As
 
 async def test_stop_commits_and_answers_every_queued_batch(settings: Settings, engine: AsyncEngine) -> None:
     """Stopping while a commit is on disk and more batches wait: every one is stored and answered."""
-    sqlite_writer = make_sqlite_writer_engine(settings) if settings.is_sqlite else None
-    committer = GroupCommitter(engine, max_rows=20, writers=2, sqlite_writer=sqlite_writer)
+    committer: Committer
+    if settings.is_sqlite:
+        committer = SQLiteCommitter(make_sqlite_writer_engine(settings), max_rows=20)
+    else:
+        committer = AsyncCommitter(engine, max_rows=20, writers=2)
     committer.start()
     now = datetime.now(UTC)
     batches = [to_rows([to_event(make_event()) for _ in range(10)], "stream", now)[0] for _ in range(12)]

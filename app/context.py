@@ -34,6 +34,9 @@ class Context:
     tokens: Tokens
 
 
+GC_YOUNG_THRESHOLD = 20_000
+
+
 @functools.cache  # once per process
 def relax_garbage_collector() -> None:
     """Fewer, cheaper garbage collections under ingest load.
@@ -45,9 +48,6 @@ def relax_garbage_collector() -> None:
     """
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-
-
-GC_YOUNG_THRESHOLD = 20_000
 
 
 @asynccontextmanager

@@ -36,6 +36,10 @@ def dump_json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+# JSON columns: RawJSON stored as it is, everything else through orjson.
+_JSON_CODEC: dict[str, Any] = {"json_serializer": dump_json, "json_deserializer": orjson.loads}
+
+
 def make_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
     if settings.is_sqlite:
         path = settings.database_url.split("///", 1)[-1]
@@ -45,8 +49,7 @@ def make_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(
             settings.database_url,
-            json_serializer=dump_json,
-            json_deserializer=orjson.loads,
+            **_JSON_CODEC,
             connect_args={"timeout": 30},
             **kwargs,
         )
@@ -54,8 +57,7 @@ def make_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
         return engine
     return create_async_engine(
         settings.database_url,
-        json_serializer=dump_json,
-        json_deserializer=orjson.loads,
+        **_JSON_CODEC,
         pool_size=10,
         max_overflow=10,
         pool_recycle=1800,
@@ -72,8 +74,7 @@ def make_sqlite_writer_engine(settings: Settings) -> Engine:
     url = settings.database_url.replace("sqlite+aiosqlite://", "sqlite+pysqlite://", 1)
     engine = create_engine(
         url,
-        json_serializer=dump_json,
-        json_deserializer=orjson.loads,
+        **_JSON_CODEC,
         connect_args={"timeout": 30, "check_same_thread": False},
         pool_size=1,
         max_overflow=0,

@@ -116,7 +116,7 @@ def store_batches(conn: Connection, batches: Sequence[Batch]) -> list[StoreResul
 
 
 def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> set[str]:
-    """INSERT ... ON CONFLICT DO NOTHING RETURNING log_id: the ids that were new."""
+    """INSERT ... ON CONFLICT DO NOTHING: the ids that were new."""
     if not rows:
         return set()
     if conn.dialect.name == "postgresql":
@@ -131,12 +131,12 @@ def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> set[str]:
     for start in range(0, len(rows), _SQLITE_ROWS_PER_STATEMENT):
         chunk = rows[start : start + _SQLITE_ROWS_PER_STATEMENT]
         params = [value for row in chunk for value in _sqlite_values(row)]
-        inserted = (conn.exec_driver_sql(_sqlite_insert(len(chunk)), tuple(params))).rowcount
+        inserted = conn.exec_driver_sql(_sqlite_insert(len(chunk)), tuple(params)).rowcount
         if inserted == len(chunk):
             stored.update(row["log_id"] for row in chunk)
         elif inserted:
-            # No RETURNING: it hands each row back to Python one step at a time, and every step
-            # waits for the GIL while the event loop is busy. The writer holds the write lock, so
+            # No RETURNING: it hands each row back to Python one step, and one GIL hand-over, at a
+            # time. The writer holds the write lock, so
             # the rows this statement inserted are the last `inserted` rowids (max + 1, max + 2...).
             new = conn.exec_driver_sql(_SQLITE_INSERTED, (inserted,))
             stored.update(orjson.loads(new.scalar_one()))

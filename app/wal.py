@@ -1,8 +1,12 @@
 """Background WAL checkpoints for SQLite.
 
-Random-key index inserts dirty many pages per commit, so SQLite's automatic checkpoint (copying the
-WAL back into the database and syncing it) would otherwise run inside an ingest commit every few
-hundred rows. A PASSIVE checkpoint on its own connection does that work beside the writer instead.
+Random-key index inserts dirty about four pages per event, so the WAL grows by tens of megabytes a
+second under load. A PASSIVE checkpoint on its own connection copies it back into the database beside
+the writer. Only a checkpoint that catches up with the writer lets the WAL restart from its start,
+and under load that is the writer's own automatic checkpoint at `wal_autocheckpoint` pages, inside a
+commit; the commit then pays for whatever this loop has not copied yet. Checkpointing every 100 ms
+rather than every second keeps that remainder small: at half load, p99 fell from 109-125 ms to
+79-86 ms (three runs each) with peak throughput unchanged within noise.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.stopping import wait_or_stop
 
 log = logging.getLogger(__name__)
-INTERVAL_SECONDS = 1.0
+INTERVAL_SECONDS = 0.1
 
 
 async def run_checkpoints(engine: AsyncEngine, stop: asyncio.Event) -> None:

@@ -6,6 +6,7 @@ transaction of it on its writer thread, and async callers run it with `AsyncConn
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +27,8 @@ from app.outbox import enqueue
 MAX_COLUMN_CHARS = 512
 MAX_TYPE_CHARS = 64
 MAX_LOG_ID_CHARS = 255
+# A NUL character as JSON writes it: `\u0000` after an even run of backslashes (`\\u0000` is the text).
+_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 _TEXT_COLUMNS = ("user_id", "user_name", "client_id", "client_name", "connection", "ip", "description")
 
 
@@ -63,7 +66,7 @@ def to_rows(
         except UnencodableEvent as exc:
             rejected.append(_refused(event, str(exc)))
             continue
-        if b"\\u0000" in encoded:
+        if b"\\u0000" in encoded and _NUL.search(encoded):
             rejected.append(_refused(event, "contains a NUL character, which the database cannot store"))
             continue
         data = event.data
@@ -80,7 +83,9 @@ def to_rows(
             "id_generated": event.id_generated,
         }
         for column in _TEXT_COLUMNS:
-            row[column] = _text(data.get(column))
+            value = data.get(column)
+            # Inline for the common case: a short text, which slicing returns as it is.
+            row[column] = value[:MAX_COLUMN_CHARS] if type(value) is str else _text(value)
         rows.append(row)
     return rows, rejected
 

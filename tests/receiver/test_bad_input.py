@@ -428,6 +428,17 @@ async def test_nul_character_is_quarantined(
     assert "NUL" in row.reason
 
 
+async def test_backslash_u0000_text_is_not_a_nul(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
+    r"""In JSON, `\\u0000` is a backslash and the text u0000, which any database holds, and
+    `\\\u0000` is a backslash and a NUL."""
+    text = make_event(description="C:\\u0000 and \\\\u0000")
+    nul = make_event(description="\\\u0000")
+    response = await client.post("/api/logs", content=make_stream_body([text, nul], "jsonl"), headers=auth())
+    assert response.status_code == 200, response.text
+    assert (response.json()["stored"], response.json()["rejected"]) == (1, 1)
+    assert await stored_ids(engine) == {text["log_id"]}
+
+
 async def test_nul_event_is_reported_by_its_line(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
     """In JSON Lines, an event the database cannot hold is named by its line, like any bad line."""
     lines = [

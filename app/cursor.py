@@ -20,6 +20,8 @@ _KEY = b"logrelay-cursor"
 _DIGEST = 8
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _HEAD = struct.Struct(">Bq")  # version, microseconds since the epoch
+# The longest cursor: a 255-character log id of 4-byte UTF-8 characters, in unpadded base64url.
+MAX_CURSOR_LENGTH = -(-(_HEAD.size + 255 * 4 + _DIGEST) // 3) * 4
 
 
 @dataclass(frozen=True, slots=True)

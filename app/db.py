@@ -97,3 +97,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # that would land in a commit several times a second.
     cursor.execute("PRAGMA wal_autocheckpoint=20000")
     cursor.close()
+    # SQLite's lower() folds ASCII only, so `ilike` (lower(x) LIKE lower(?)) would miss "Élodie" for
+    # "élodie"; PostgreSQL folds by its locale.
+    dbapi_connection.create_function("lower", 1, _casefold, deterministic=True)
+
+
+def _casefold(value: Any) -> Any:
+    return value.casefold() if isinstance(value, str) else value

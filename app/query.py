@@ -59,6 +59,9 @@ _COLUMNS: dict[str, tuple[Any, ...]] = {
     "sqlite": (*_FIELDS, type_coerce(LogEvent.data, Text).label("data")),
     "postgresql": (*_FIELDS, cast(LogEvent.data, Text).label("data")),
 }
+# Plain str keys in column order: a row of the merged (UNION) statement names its columns with a str
+# subclass, which orjson refuses as a key.
+_KEYS = (*(column.key for column in _FIELDS), "data")
 _NEWEST_FIRST = (LogEvent.date.desc(), LogEvent.log_id.desc())
 # Filters in the order their index should lead a scan: one user's or one IP's events are few; a
 # client, a connection or a type may hold most of a tenant's events.
@@ -171,7 +174,7 @@ def iso_z(value: datetime) -> str:
 
 
 def to_event(row: Row[Any]) -> dict[str, Any]:
-    event = row._asdict()
+    event = dict(zip(_KEYS, row, strict=True))
     event["date"] = iso_z(row.date)
     event["received_at"] = iso_z(row.received_at)
     event["id_generated"] = bool(row.id_generated)

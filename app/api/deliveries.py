@@ -7,9 +7,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 
 from app import deliveries
-from app.api.deps import AdminAuth, ContextDep
+from app.api.deps import AdminAuth, ContextDep, StrictQuery
 
-router = APIRouter(prefix="/api/deliveries", tags=["deliveries"], dependencies=[AdminAuth])
+router = APIRouter(prefix="/api/deliveries", tags=["deliveries"], dependencies=[AdminAuth, StrictQuery])
 
 
 @router.get("")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Iterator
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 
 from app.context import Context
-from app.errors import Unauthorized
+from app.errors import Unauthorized, Unprocessable
 from app.tokens import Scope
 
 
@@ -40,3 +44,47 @@ def require(scope: Scope) -> Any:
 
 ReadAuth = require("read")
 AdminAuth = require("admin")
+
+
+async def strict_query(request: Request) -> None:
+    """Refuse a query parameter the route does not take, or a repeat of one that takes one value.
+
+    Ignoring them would answer another question than the one asked: `?types=f` (a typo) would list
+    every event, and `/export?limit=10` would stream the whole store.
+    """
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    single, repeatable = _query_names(route)
+    problems = []
+    for name in dict.fromkeys(request.query_params.keys()):
+        if name not in single and name not in repeatable:
+            problems.append({"parameter": name, "message": "is not a parameter of this endpoint"})
+        elif name in single and len(request.query_params.getlist(name)) > 1:
+            problems.append({"parameter": name, "message": "may be given only once"})
+    if problems:
+        raise Unprocessable(problems)
+
+
+StrictQuery = Depends(strict_query)
+
+
+def _query_names(route: APIRoute) -> tuple[frozenset[str], frozenset[str]]:
+    """The route's query parameters: those that take one value, and those that may repeat."""
+    single: set[str] = set()
+    repeatable: set[str] = set()
+    for field in _query_fields(route.dependant):
+        (repeatable if _is_sequence(field.field_info.annotation) else single).add(field.alias)
+    return frozenset(single), frozenset(repeatable)
+
+
+def _query_fields(dependant: Dependant) -> Iterator[Any]:
+    yield from dependant.query_params
+    for sub in dependant.dependencies:
+        yield from _query_fields(sub)
+
+
+def _is_sequence(annotation: Any) -> bool:
+    if get_origin(annotation) in (list, tuple, set, frozenset):
+        return True
+    return get_origin(annotation) in (Union, UnionType) and any(_is_sequence(a) for a in get_args(annotation))

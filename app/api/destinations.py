@@ -11,11 +11,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 
 from app import deliveries, destinations
-from app.api.deps import AdminAuth, ContextDep
+from app.api.deps import AdminAuth, ContextDep, StrictQuery
 from app.destinations import DestinationCreate, DestinationPatch
 from app.errors import Unprocessable
 
-router = APIRouter(prefix="/api/destinations", tags=["destinations"], dependencies=[AdminAuth])
+router = APIRouter(prefix="/api/destinations", tags=["destinations"], dependencies=[AdminAuth, StrictQuery])
 
 
 @router.get("")

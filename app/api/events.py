@@ -9,10 +9,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import ContextDep, ReadAuth
+from app.api.deps import ContextDep, ReadAuth, StrictQuery
 from app.api.event_models import ERRORS, NOT_FOUND, Event, EventPage, Stats
 from app.auth0.catalog import Category
-from app.cursor import decode_cursor, encode_cursor
+from app.cursor import MAX_CURSOR_LENGTH, decode_cursor, encode_cursor
 from app.errors import NotFound, Unprocessable
 from app.query import (
     EventQuery,
@@ -26,7 +26,7 @@ from app.query import (
 )
 from app.responses import JSONResponse
 
-router = APIRouter(tags=["events"], dependencies=[ReadAuth], responses=ERRORS)
+router = APIRouter(tags=["events"], dependencies=[ReadAuth, StrictQuery], responses=ERRORS)
 
 MAX_TYPES = 50
 # The most buckets one stats answer holds (an hour for 90 days, or a day for 5 years).
@@ -86,6 +86,8 @@ def event_query(
 ) -> EventQuery:
     """The filters shared by the list, the export and the stats."""
     types = tuple(dict.fromkeys(c.strip() for part in type or () for c in part.split(",") if c.strip()))
+    if type is not None and not types:
+        raise _invalid("type", "names no type code")
     if len(types) > MAX_TYPES:
         raise _invalid("type", f"at most {MAX_TYPES} type codes")
     if any(len(code) > 64 for code in types):
@@ -114,7 +116,7 @@ async def list_events_route(
         Query(
             description="`next_cursor` from the previous page; omit it for the newest events.",
             examples=["AQAGYO6oKOgAOTAwMjAyNjExMjMxMDAwMDAwMDAwMDAwMDAwMDFr62vapoHPPA"],
-            max_length=1024,
+            max_length=MAX_CURSOR_LENGTH,
         ),
     ] = None,
 ) -> JSONResponse:
@@ -143,7 +145,7 @@ async def export_events(context: ContextDep, query: Filters) -> StreamingRespons
     return StreamingResponse(export_lines(context.engine, query), media_type="application/x-ndjson")
 
 
-@router.get("/api/events/{log_id}", response_model=Event, responses=NOT_FOUND, summary="Get one event")
+@router.get("/api/events/{log_id:path}", response_model=Event, responses=NOT_FOUND, summary="Get one event")
 async def get_event_route(
     context: ContextDep,
     log_id: Annotated[
@@ -175,6 +177,8 @@ async def stats_route(
         since = query.since or until - width * (24 if interval == "hour" else 30)
     except OverflowError:
         raise _invalid("until", "is too early to count back from") from None
+    if since >= until:
+        raise _invalid("since", "must be earlier than until (default: now)")
     if (until - since) / width > MAX_BUCKETS:
         raise _invalid("since", f"the range holds more than {MAX_BUCKETS} {interval} buckets")
     bounded = replace(query, since=since, until=until)

@@ -8,10 +8,10 @@ from typing import Any
 from fastapi import APIRouter
 
 from app import poller, poller_state
-from app.api.deps import AdminAuth, ContextDep, ReadAuth
+from app.api.deps import AdminAuth, ContextDep, ReadAuth, StrictQuery
 from app.errors import Conflict
 
-router = APIRouter(tags=["poller"])
+router = APIRouter(tags=["poller"], dependencies=[StrictQuery])
 
 
 @router.get("/api/poller", dependencies=[ReadAuth])

@@ -60,6 +60,18 @@ async def test_export_applies_the_filters(client: httpx.AsyncClient) -> None:
     assert exported
 
 
+@pytest.mark.parametrize("types", [["fp,s"], ["fp", "s", "w"]])
+async def test_export_of_several_types_merges_them(client: httpx.AsyncClient, types: list[str]) -> None:
+    # Several codes and no narrower filter take the merged (one scan per code) statement.
+    events = varied_events()
+    await seed(client, events)
+    response = await client.get("/api/events/export", params={"type": types}, headers=READ)
+    assert response.status_code == 200
+    exported = [orjson.loads(line) for line in response.text.splitlines()]
+    assert [e["log_id"] for e in exported] == expected_ids(events, type=types)
+    assert len({e["type"] for e in exported}) == len(",".join(types).split(","))
+
+
 async def test_export_of_nothing_is_empty(client: httpx.AsyncClient) -> None:
     response = await client.get("/api/events/export", params={"type": "nothing"}, headers=READ)
     assert response.status_code == 200

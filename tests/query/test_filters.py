@@ -53,6 +53,17 @@ async def test_filter_matches_reference(client: httpx.AsyncClient, filters: dict
     assert want or filters == {"type": ["no_such_type"]}
 
 
+@pytest.mark.parametrize("q", ["élodie", "ÉCOLE", "ÅSA"])
+async def test_q_ignores_case_beyond_ascii(client: httpx.AsyncClient, q: str) -> None:
+    events = varied_events(3)
+    events[1]["description"] = "Élodie at the école"
+    events[2]["user_name"] = "åsa@example.com"
+    await seed(client, events)
+    answered = await read_all(client, q=q)
+    assert [e["log_id"] for e in answered] == expected_ids(events, q=q)
+    assert answered
+
+
 async def test_since_and_until_without_offset_are_utc(client: httpx.AsyncClient) -> None:
     events = varied_events()
     await seed(client, events)

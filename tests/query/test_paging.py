@@ -106,3 +106,17 @@ async def test_forged_or_garbled_cursor_is_a_400_naming_cursor(
     body = response.json()
     assert body["error"] == "bad_request"
     assert body["detail"][0]["parameter"] == "cursor"
+
+
+async def test_the_longest_log_ids_page_and_fetch(client: httpx.AsyncClient) -> None:
+    # 255 four-byte characters make the longest cursor; a "/" in an id must still name one event.
+    events = varied_events(3)
+    events[0]["log_id"] = "\N{GRINNING FACE}" * 255
+    events[1]["log_id"] = "tenant/region/1"
+    await seed(client, events)
+    answered = [e["log_id"] for e in await read_all(client, limit=1)]
+    assert answered == expected_ids(events)
+    for log_id in (events[0]["log_id"], events[1]["log_id"]):
+        response = await client.get(f"/api/events/{log_id}", headers=READ)
+        assert response.status_code == 200, response.text
+        assert response.json()["log_id"] == log_id

@@ -36,6 +36,14 @@ BAD: list[tuple[str, dict[str, object], int, str]] = [
     ("/api/events", {"cursor": encode_cursor(Position(BASE, "90\x0001"))}, 400, "cursor"),
     ("/api/events", {"since": "0001-01-01T00:00:00+05:00"}, 422, "since"),
     ("/api/stats", {"until": "0001-01-01T01:00:00Z"}, 422, "until"),
+    # Parameters the route does not take, or repeats of single-valued ones, would answer another
+    # question than the one asked.
+    ("/api/events", {"types": "f"}, 422, "types"),
+    ("/api/events/export", {"limit": 10}, 422, "limit"),
+    ("/api/events", {"limit": [1, 2000]}, 422, "limit"),
+    ("/api/events", {"user_id": ["a", "b"]}, 422, "user_id"),
+    ("/api/events", {"type": ", "}, 422, "type"),
+    ("/api/stats", {"since": "2999-01-01T00:00:00Z"}, 422, "since"),
 ]
 
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from app import __version__, migrate
 from app.config import Settings
 from app.observability import configure_logging, uvicorn_log_config
-from app.tokens import Tokens, load_tokens
+from app.tokens import TokenFileError, Tokens, load_tokens
 
 cli = typer.Typer(help="logrelay: a durable, deduplicated home for Auth0 tenant logs.", no_args_is_help=True)
 
@@ -58,7 +58,11 @@ def serve(
     settings = load_settings(host=host, port=port)
     configure_logging(settings.service_log_level)
     prepare_database(settings)
-    tokens = load_tokens(settings)
+    try:
+        tokens = load_tokens(settings)
+    except TokenFileError as exc:
+        typer.echo(f"logrelay: {exc}", err=True)
+        raise typer.Exit(2) from None
     _announce(settings, tokens, https=ssl_certfile is not None)
     uvicorn.run(
         "app.main:create_app",

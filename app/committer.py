@@ -3,7 +3,8 @@
 Requests hand their batch to a writer and wait. The writer takes every batch queued while the
 previous commit was on disk and stores them in one transaction, so one fsync serves many requests,
 and each request is answered only after the commit that holds its own events. A batch the database
-refuses fails alone: the group is retried batch by batch.
+refuses fails alone: the group is retried batch by batch. A database that is unavailable (locked,
+unreachable) fails the whole group at once: a retry per batch would only wait again, once each.
 
 SQLite has one writer at a time, so its committer is one thread with a synchronous connection that
 takes batches straight from a thread-safe queue: through the async driver every statement, and the
@@ -21,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.ingest import Batch, StoreResult, store_batches
@@ -135,9 +137,9 @@ def _outcomes(
     try:
         return list(transaction(batches))
     except Exception as exc:
-        if len(batches) == 1:
-            log.exception("store failed", extra={"rows": len(batches[0].rows)})
-            return [exc]
+        if len(batches) == 1 or _unavailable(exc):
+            _log_failure(exc, batches)
+            return [exc] * len(batches)
     return [outcome for batch in batches for outcome in _outcomes(transaction, [batch])]
 
 
@@ -147,10 +149,23 @@ async def _outcomes_async(
     try:
         return list(await transaction(batches))
     except Exception as exc:
-        if len(batches) == 1:
-            log.exception("store failed", extra={"rows": len(batches[0].rows)})
-            return [exc]
+        if len(batches) == 1 or _unavailable(exc):
+            _log_failure(exc, batches)
+            return [exc] * len(batches)
     return [outcome for batch in batches for outcome in await _outcomes_async(transaction, [batch])]
+
+
+def _unavailable(exc: Exception) -> bool:
+    """The database, not the batch, failed: every batch of the group would fail the same way."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError | InterfaceError | OSError | TimeoutError)
+
+
+def _log_failure(exc: Exception, batches: list[Batch]) -> None:
+    rows = sum(len(batch.rows) for batch in batches)
+    extra = {"rows": rows, "batches": len(batches)}
+    log.error("store failed: %s", type(exc).__name__, exc_info=exc, extra=extra)
 
 
 def _settle(future: asyncio.Future[StoreResult], outcome: _Outcome) -> None:

@@ -36,8 +36,13 @@ def dump_json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-# JSON columns: RawJSON stored as it is, everything else through orjson.
-_JSON_CODEC: dict[str, Any] = {"json_serializer": dump_json, "json_deserializer": orjson.loads}
+# JSON columns: RawJSON stored as it is, everything else through orjson. Parameters are event content
+# (user names, IPs): hidden, so that an error message does not carry them into the logs.
+_ENGINE_OPTIONS: dict[str, Any] = {
+    "json_serializer": dump_json,
+    "json_deserializer": orjson.loads,
+    "hide_parameters": True,
+}
 
 
 def make_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
@@ -49,7 +54,7 @@ def make_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(
             settings.database_url,
-            **_JSON_CODEC,
+            **_ENGINE_OPTIONS,
             connect_args={"timeout": 30},
             **kwargs,
         )
@@ -57,7 +62,7 @@ def make_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
         return engine
     return create_async_engine(
         settings.database_url,
-        **_JSON_CODEC,
+        **_ENGINE_OPTIONS,
         pool_size=10,
         max_overflow=10,
         pool_recycle=1800,
@@ -74,7 +79,7 @@ def make_sqlite_writer_engine(settings: Settings) -> Engine:
     url = settings.database_url.replace("sqlite+aiosqlite://", "sqlite+pysqlite://", 1)
     engine = create_engine(
         url,
-        **_JSON_CODEC,
+        **_ENGINE_OPTIONS,
         connect_args={"timeout": 30, "check_same_thread": False},
         pool_size=1,
         max_overflow=0,

@@ -18,7 +18,7 @@ from sqlalchemy import insert, text
 from sqlalchemy.engine import Connection
 
 from app.auth0.catalog import category_of
-from app.auth0.stream import Rejected, StreamEvent, UnencodableEvent, encode
+from app.auth0.stream import Rejected, StreamEvent, UnencodableEvent, encode, verbatim
 from app.db import RawJSON
 from app.models import QuarantinedLine
 from app.outbox import enqueue
@@ -216,9 +216,7 @@ def quarantine(conn: Connection, items: Sequence[tuple[str, datetime, Rejected]]
 
 
 def _refused(event: StreamEvent, reason: str) -> Rejected:
-    return Rejected(
-        event.position, reason, event.raw or event.encoded or orjson.dumps(event.data, default=str)
-    )
+    return Rejected(event.position, reason, event.raw or verbatim(event.item or event.data))
 
 
 def _parse_date(value: object) -> datetime | None:

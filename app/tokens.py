@@ -40,14 +40,26 @@ class Tokens:
         matched = False
         for token in allowed:  # no early exit: the time does not depend on which token matched
             for candidate in candidates:
-                matched |= hmac.compare_digest(token.encode(), candidate.encode())
+                matched |= hmac.compare_digest(token.encode(), _header_bytes(candidate))
         return matched
+
+
+class TokenFileError(ValueError):
+    """The kept tokens cannot be read; replacing them would lock out every client that has them."""
+
+
+def _header_bytes(value: str) -> bytes:
+    # The server decodes header bytes as latin-1; the bytes a client sent are the token's UTF-8.
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode()
 
 
 def load_tokens(settings: Settings) -> Tokens:
     """Tokens from the settings, else from the data directory, else newly generated and kept."""
     path = settings.data_dir / TOKEN_FILE
-    kept: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    kept = _read_kept(path)
     generated: dict[str, str] = {}
     values: dict[str, tuple[str, ...]] = {}
     for scope, setting in _SETTING.items():
@@ -63,10 +75,24 @@ def load_tokens(settings: Settings) -> Tokens:
     return Tokens(values["ingest"], values["read"], values["admin"], generated, path)
 
 
+def _read_kept(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        message = f"{path} cannot be read ({exc}); fix it, or delete it to generate new tokens"
+        raise TokenFileError(message) from None
+    if not isinstance(kept, dict) or not all(isinstance(v, str) and v for v in kept.values()):
+        raise TokenFileError(f"{path} does not hold the tokens; fix it, or delete it to generate new tokens")
+    return kept
+
+
 def _keep(path: Path, tokens: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_suffix(".tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a temp file left behind keeps its mode through O_CREAT
     with os.fdopen(fd, "w") as handle:
         json.dump(tokens, handle, indent=2)
     os.replace(temp, path)

@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import zlib
 from datetime import UTC, datetime
 from functools import partial
 
 from fastapi import APIRouter, FastAPI, Request
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from app.api.deps import authorize
 from app.auth0.stream import BodyError, ParsedBody, parse_body
 from app.context import Context
-from app.errors import BadRequest, PayloadTooLarge, Unavailable, UnsupportedMediaType, render_error
+from app.errors import (
+    AppError,
+    BadRequest,
+    PayloadTooLarge,
+    Unavailable,
+    UnsupportedMediaType,
+    render_error,
+)
 from app.ingest import Batch, to_rows
 from app.responses import JSONResponse
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["ingest"])
 PATH = "/api/logs"
 
@@ -141,12 +151,23 @@ class IngestFastPath:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
+        # With a trailing slash too: a redirect would lose a POST from a sender that does not follow it.
+        if scope["type"] != "http" or scope["path"] not in _PATHS or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         scope["app"] = self.app  # as Starlette sets it: the handler finds the context through it
         try:
             response = await receive_logs(Request(scope, receive))
+        except ClientDisconnect:
+            log.info("the sender went away before its body ended; nothing was stored")
+            return
+        except AppError as exc:
+            # The sender gets the reason, but Auth0 shows it nowhere: the operator must see it here.
+            log.warning("ingest refused (%s): %s", exc.status_code, exc.detail)
+            response = render_error(exc)
         except Exception as exc:
             response = render_error(exc)
         await response(scope, receive, send)
+
+
+_PATHS = frozenset({PATH, PATH + "/"})

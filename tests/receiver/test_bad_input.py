@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
-from tests.conftest import INGEST_TOKEN, auth, is_postgres
+from tests.conftest import INGEST_TOKEN, READ_TOKEN, auth, bearer, is_postgres
 from tests.factories import Format, envelope, make_event, make_stream_body
 from tests.receiver.support import count_events, get_event, quarantined, stored_ids
 
@@ -303,14 +303,22 @@ async def test_invalid_utf8_whole_body(client: httpx.AsyncClient, engine: AsyncE
     assert await count_events(engine) == 0
 
 
-async def test_lone_surrogate_escape(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
+@pytest.mark.parametrize("framing", ["jsonl", "array"])
+async def test_lone_surrogate_escape_is_stored_as_a_replacement_character(
+    client: httpx.AsyncClient, engine: AsyncEngine, framing: str
+) -> None:
+    # JSON allows "\ud800" alone (JavaScript writes one for half an emoji); UTF-8 text cannot hold it.
     good = make_event()
-    bad_line = b'{"log_id": "s", "data": {"user_name": "\\ud800"}}'
-    body = orjson.dumps(envelope(good)) + b"\n" + bad_line
+    odd = b'{"log_id": "s", "data": {"user_name": "x\\ud800y", "details": {"k": "\\udc00"}}}'
+    good_json = orjson.dumps(envelope(good))
+    body = good_json + b"\n" + odd if framing == "jsonl" else b"[" + good_json + b"," + odd + b"]"
     response = await client.post("/api/logs", content=body, headers=auth())
     assert response.status_code == 200, response.text
-    assert response.json()["rejected"] == 1
-    assert await stored_ids(engine) == {good["log_id"]}
+    assert (response.json()["stored"], response.json()["rejected"]) == (2, 0)
+    assert await stored_ids(engine) == {good["log_id"], "s"}
+    response = await client.get("/api/events/s", headers=bearer(READ_TOKEN))
+    assert response.json()["user_name"] == "x\ufffdy"
+    assert response.json()["data"]["details"] == {"k": "\ufffd"}
 
 
 # --- items that are not objects -------------------------------------------------------------------
@@ -384,6 +392,22 @@ async def test_deep_event_among_good_ones_is_never_500(
         assert good["log_id"] in await stored_ids(engine)
         if fmt == "jsonl" and answer["rejected"]:
             assert [r.raw for r in await quarantined(engine)] == [deep_line]
+
+
+async def test_deep_item_without_an_id_is_rejected_alone(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """The extensions' payloads have no id, so they are keyed by a hash of their content: one too deep
+    to hash is named and quarantined, and the good item beside it is stored (it was a 500 for both)."""
+    good = make_event()
+    nested = b"[" * 300 + b"]" * 300
+    deep = b'{"date": "2026-11-23T10:00:00Z", "request": {"body": {"app_metadata": ' + nested + b"}}}"
+    body = b"[" + orjson.dumps(envelope(good)) + b"," + deep + b"]"
+    response = await client.post("/api/logs", content=body, headers=auth())
+    assert response.status_code == 200, response.text
+    assert response.json()["errors"] == [{"item": 1, "reason": "nested more than 255 levels deep"}]
+    assert await stored_ids(engine) == {good["log_id"]}
+    assert [orjson.loads(r.raw) for r in await quarantined(engine)] == [orjson.loads(deep)]
 
 
 async def test_huge_value_over_max_event_bytes(small: httpx.AsyncClient, engine: AsyncEngine) -> None:

@@ -4,19 +4,21 @@ Auth0 retries it), never the requests that shared its transaction; and a stop dr
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import httpx
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth0.stream import to_event
-from app.committer import AsyncCommitter, Committer, SQLiteCommitter
+from app.committer import AsyncCommitter, Committer, SQLiteCommitter, _outcomes
 from app.config import Settings
 from app.db import make_sqlite_writer_engine
-from app.ingest import Batch, to_rows
+from app.ingest import Batch, StoreResult, to_rows
 from tests.conftest import auth, is_postgres
 from tests.factories import make_event, make_stream_body
 from tests.receiver.support import stored_ids
@@ -100,3 +102,38 @@ async def test_stop_commits_and_answers_every_queued_batch(settings: Settings, e
     results = await asyncio.wait_for(asyncio.gather(*stores), 10)
     assert [r.stored for r in results] == [10] * 12
     assert await stored_ids(engine) == {row["log_id"] for rows in batches for row in rows}
+
+
+def test_an_unavailable_database_fails_the_group_at_once() -> None:
+    """A locked or unreachable database is not one batch's fault: the group is not retried batch by
+    batch, which would make each request wait out the lock timeout once per batch before its 503."""
+    calls: list[int] = []
+    locked = OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))
+
+    def transaction(batches: list[Batch]) -> list[StoreResult]:
+        calls.append(len(batches))
+        raise locked
+
+    now = datetime.now(UTC)
+    batches = [Batch([], [], "stream", now) for _ in range(5)]
+    assert _outcomes(transaction, batches) == [locked] * 5
+    assert calls == [5]
+
+
+def test_a_refused_group_is_retried_batch_by_batch() -> None:
+    calls: list[int] = []
+    now = datetime.now(UTC)
+    poison = Batch([{"log_id": POISON}], [], "stream", now)
+    refused = IntegrityError("INSERT", {}, sqlite3.IntegrityError("poisoned"))
+
+    def transaction(batches: list[Batch]) -> list[StoreResult]:
+        calls.append(len(batches))
+        if poison in batches:
+            raise refused
+        return [StoreResult(0, 0, 0) for _ in batches]
+
+    batches = [Batch([], [], "stream", now), poison, Batch([], [], "stream", now)]
+    outcomes = _outcomes(transaction, batches)
+    assert outcomes[1] is refused
+    assert [type(o) for o in outcomes] == [StoreResult, IntegrityError, StoreResult]
+    assert calls == [3, 1, 1, 1]

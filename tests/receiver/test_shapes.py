@@ -138,3 +138,23 @@ async def test_mixed_shapes_in_one_body(client: httpx.AsyncClient, engine: Async
     response = await client.post("/api/logs", content=body, headers=auth())
     assert response.json() == {"received": 3, "stored": 3, "duplicates": 0, "rejected": 0}
     assert await stored_ids(engine) == {envelope_event["log_id"], bare["log_id"], docs["data"]["log_id"]}
+
+
+async def test_the_path_with_a_trailing_slash_is_the_same_receiver(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    # People type the URL into Auth0 by hand; a redirect would drop the POST.
+    event = make_event()
+    body = orjson.dumps([{"log_id": event["log_id"], "data": event}])
+    response = await client.post("/api/logs/", content=body, headers=auth())
+    assert response.status_code == 200, response.text
+    assert await stored_ids(engine) == {event["log_id"]}
+
+
+async def test_the_management_api_page_shape_is_unpacked(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    items = fixture_items("mgmt_api_logs.json")
+    answer = await post(client, {"start": 0, "limit": 50, "length": len(items), "logs": items})
+    assert answer["stored"] == len(items)
+    assert await stored_ids(engine) == {i["log_id"] for i in items}

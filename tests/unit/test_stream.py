@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import pytest
 
 from app.auth0.stream import BodyError, parse_body, to_event
+from app.ingest import to_rows
 from tests.factories import Format, envelope, make_event, make_stream_body
 
 MAX = 1024 * 1024
@@ -49,11 +51,14 @@ def test_bom_and_surrounding_whitespace() -> None:
         assert ids(body) == [e["log_id"] for e in events]
 
 
-def test_logs_key_only_unwraps_when_alone() -> None:
-    """`{"logs": [...]}` is the JSON Object body; an event that merely has a `logs` field is one event."""
+def test_logs_key_unwraps_only_an_object_that_is_not_an_event() -> None:
+    """`{"logs": [...]}` is the JSON Object body, also with a page's counts beside it (the Management
+    API's shape); an event that merely has a `logs` field is one event."""
     event = {"log_id": "x", "type": "s", "logs": [{"log_id": "inner", "data": {}}]}
     assert ids(orjson.dumps(event)) == ["x"]
     assert ids(b'{"logs": "not a list"}')[0].startswith("sha256:")
+    page = {"start": 0, "limit": 2, "length": 2, "total": 2, "logs": [{"_id": "a"}, {"_id": "b"}]}
+    assert ids(orjson.dumps(page)) == ["a", "b"]
 
 
 def test_order_is_kept() -> None:
@@ -147,6 +152,10 @@ def test_max_event_bytes(fmt: Format) -> None:
         ({"log_id": 42, "data": {}}, "42"),
         ({"log_id": "", "data": {"log_id": "inner"}}, "inner"),
         ({"log_id": None, "data": {"log_id": "inner"}}, "inner"),
+        # An unusable id gives way to the next usable one, as a later copy with the proper id would.
+        ({"log_id": "   ", "data": {"log_id": "inner"}}, "inner"),
+        ({"log_id": True, "data": {"log_id": 1.5, "_id": "under"}}, "under"),
+        ({"log_id": {}, "_id": "under", "type": "s"}, "under"),
     ],
 )
 def test_id_precedence(item: dict[str, Any], log_id: str) -> None:
@@ -209,6 +218,34 @@ def test_too_deep_to_encode_again_is_rejected(depth: int, fmt: str) -> None:
     for event in parsed.events:
         orjson.dumps(event.data)  # what app.ingest.to_rows does with every event
     assert len(parsed.rejected) == 1
+
+
+@pytest.mark.parametrize("framing", ["jsonl", "array", "object"])
+def test_too_deep_without_an_id_or_not_an_object_is_rejected_not_raised(framing: str) -> None:
+    """Without an id the content is hashed, which needs it encoded: the item is rejected, never an
+    exception that would fail the whole body."""
+    good = orjson.dumps(envelope(make_event()))
+    nested = b"[" * 300 + b"]" * 300
+    deep = [b'{"date": "2026-11-23T10:00:00Z", "request": {"body": ' + nested + b"}}", nested]
+    if framing == "jsonl":
+        body = b"\n".join([good, *deep])
+    else:
+        items = b"[" + b",".join([good, *deep]) + b"]"
+        body = items if framing == "array" else b'{"logs": ' + items + b"}"
+    parsed = parse_body(body, MAX)
+    assert len(parsed.events) == 1
+    assert [orjson.loads(r.raw) for r in parsed.rejected] == [orjson.loads(line) for line in deep]
+
+
+def test_an_array_item_is_quarantined_as_sent() -> None:
+    """Envelope and all, whether the parser or the store refuses it."""
+    long_id = {"log_id": "x" * 300, "data": {"type": "s", "log_id": "ignored"}}
+    too_big = envelope(make_event(details={"blob": "y" * 2000}))
+    parsed = parse_body(orjson.dumps([long_id, too_big]), 1000)
+    assert [orjson.loads(r.raw) for r in parsed.rejected] == [too_big]
+    rows, refused = to_rows(parsed.events, "stream", datetime.now(UTC))
+    assert rows == []
+    assert [(r.position, orjson.loads(r.raw)) for r in refused] == [(0, long_id)]
 
 
 @pytest.mark.parametrize("first_line", [b"[1, 2]", b'["truncated', b"[]"])

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from app.config import Settings
-from app.tokens import TOKEN_FILE, Tokens, load_tokens
+from app.tokens import TOKEN_FILE, TokenFileError, Tokens, load_tokens
 
 TOKENS = Tokens(ingest=("in-old", "in-new"), read=("rd",), admin=("adm",))
 
@@ -94,3 +94,31 @@ def test_only_the_missing_token_is_generated(tmp_path: Path) -> None:
     assert set(tokens.generated) == {"LOG_STREAM_TOKEN"}
     assert tokens.allows("ingest", tokens.generated["LOG_STREAM_TOKEN"])
     assert set(orjson.loads((tmp_path / "data" / TOKEN_FILE).read_bytes())) == {"LOG_STREAM_TOKEN"}
+
+
+def test_a_token_beyond_ascii_matches_the_bytes_a_client_sends() -> None:
+    # The server reads header bytes as latin-1; a client sends the token's UTF-8.
+    tokens = Tokens(ingest=("tökén-ж",), read=(), admin=())
+    sent = "tökén-ж".encode().decode("latin-1")
+    assert tokens.allows("ingest", sent)
+    assert tokens.allows("ingest", f"Bearer {sent}")
+    assert not tokens.allows("ingest", "tökén-ж".encode("latin-1", "replace").decode("latin-1"))
+
+
+def test_a_leftover_temp_file_does_not_widen_the_mode(tmp_path: Path) -> None:
+    temp = (tmp_path / "data" / TOKEN_FILE).with_suffix(".tmp")
+    temp.parent.mkdir(parents=True)
+    temp.write_text("{}")
+    temp.chmod(0o644)
+    load_tokens(settings_for(tmp_path))
+    assert stat.S_IMODE((tmp_path / "data" / TOKEN_FILE).stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("content", ["", "{not json", '["a"]', '{"API_TOKEN": 5}'])
+def test_an_unreadable_token_file_is_an_error_not_new_tokens(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "data" / TOKEN_FILE
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    with pytest.raises(TokenFileError, match="delete it to generate new tokens"):
+        load_tokens(settings_for(tmp_path))
+    assert path.read_text() == content

@@ -10,8 +10,10 @@ from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_valida
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.auth0.catalog import CATEGORIES, LOG_TYPES
+from app.payloads import check_authorization_setting, check_signing_secret_setting
 
 CommaList = Annotated[list[str], NoDecode]
+_LEVEL_NAMES = ("debug", "info", "warning", "error", "critical")  # LOG_LEVEL 0-4
 CommaSecrets = Annotated[list[SecretStr], NoDecode]
 
 
@@ -26,8 +28,11 @@ def normalise_database_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise ValueError("must look like sqlite:///path/to.db or postgresql://user@host:5432/db")
-    base = scheme.split("+", 1)[0]
+    base = scheme.lower().split("+", 1)[0]
     if base == "sqlite":
+        path = rest.removeprefix("/").partition("?")[0]
+        if path in ("", ":memory:") or "mode=memory" in rest:
+            raise ValueError("an in-memory SQLite database loses every event; give a file path")
         return f"sqlite+aiosqlite://{rest}"
     if base in ("postgresql", "postgres"):
         return f"postgresql+asyncpg://{rest}"
@@ -35,7 +40,10 @@ def normalise_database_url(url: str) -> str:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    # hide_input_in_errors: a refused value may be a secret, and a ValidationError's text would show it.
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", case_sensitive=False, hide_input_in_errors=True
+    )
 
     # --- service -----------------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -80,7 +88,8 @@ class Settings(BaseSettings):
     auth0_client_secret: SecretStr | None = None
     poll_schedule: str = "5m"
     poll_max_run_seconds: float = Field(300.0, gt=0)
-    batch_size: int = Field(100, ge=1, le=100)
+    # The webhook batch, as in the extensions (up to 1000); a logs request takes at most 100 of them.
+    batch_size: int = Field(100, ge=1, le=1000)
     start_from: str | None = None
     log_retention_days: int = Field(30, ge=1)
     lag_warn_share: float = Field(0.5, gt=0, le=1)
@@ -104,6 +113,21 @@ class Settings(BaseSettings):
         from app.schedule import parse_schedule
 
         return parse_schedule(value).text
+
+    @field_validator("auth0_domain")
+    @classmethod
+    def _auth0_domain(cls, value: str | None) -> str | None:
+        from app.auth0.management import normalise_domain
+
+        return normalise_domain(value) if value and value.strip() else None
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, value: object) -> object:
+        # The extension's 0-4, or the names they stand for: LOG_LEVEL=info is common in containers.
+        if isinstance(value, str) and value.strip().lower() in _LEVEL_NAMES:
+            return _LEVEL_NAMES.index(value.strip().lower())
+        return None if value == "" else value
 
     @field_validator("start_from")
     @classmethod
@@ -134,6 +158,8 @@ class Settings(BaseSettings):
         "log_types",
         mode="before",
     )(split_commas)
+    _signing_secret = field_validator("forward_signing_secret")(check_signing_secret_setting)
+    _authorization = field_validator("forward_authorization", "authorization")(check_authorization_setting)
 
     @field_validator("database_url")
     @classmethod
@@ -163,5 +189,5 @@ class Settings(BaseSettings):
         """AUTH0_DOMAIN is a bare domain (https implied) or a full base URL for tests and proxies."""
         if not self.auth0_domain:
             return None
-        domain = self.auth0_domain.rstrip("/")
+        domain = self.auth0_domain
         return domain if "://" in domain else f"https://{domain}"

@@ -1,15 +1,16 @@
 """Operating the relay: list deliveries, retry them, replay stored events, a destination's health.
 
-Functions take a connection and never commit; the route's transaction does.
+Functions take a connection and never commit; the route's transaction does. Replay is the exception:
+it takes the engine and commits a page at a time, so a long replay never holds the write lock.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import and_, exists, func, insert, or_, select, tuple_, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import and_, func, insert, or_, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.auth0.catalog import CATEGORIES, LOG_TYPES
 from app.errors import Conflict, NotFound, Unprocessable
@@ -72,20 +73,26 @@ async def retry_delivery(conn: AsyncConnection, delivery_id: int) -> dict[str, A
     return _delivery(changed._mapping)
 
 
-async def retry_dead(conn: AsyncConnection, destination_id: int) -> int:
-    """Queue every dead letter of a destination again; returns how many."""
+async def retry_all(conn: AsyncConnection, destination_id: int, status: Literal["dead", "failed"]) -> int:
+    """Queue every `dead` (or every `failed`) row of a destination again now, with fresh attempts and
+    age; rows being sent right now are left alone. Returns how many."""
     await _require(conn, destination_id)
+    now = datetime.now(UTC)
     result = await conn.execute(
         update(OutboxItem)
-        .where(OutboxItem.destination_id == destination_id, OutboxItem.status == "dead")
-        .values(**_fresh(datetime.now(UTC)))
+        .where(
+            OutboxItem.destination_id == destination_id,
+            OutboxItem.status == status,
+            or_(OutboxItem.lease_until.is_(None), OutboxItem.lease_until <= now),
+        )
+        .values(**_fresh(now))
     )
     await _wake(conn, destination_id)
     return result.rowcount or 0
 
 
 async def replay(
-    conn: AsyncConnection,
+    engine: AsyncEngine,
     destination_id: int,
     *,
     since: datetime | None,
@@ -96,8 +103,12 @@ async def replay(
 
     `types` (codes or categories) replaces the destination's type filter when given; its API endpoint
     filter always applies. Events that already wait for this destination are not queued twice.
+    Each page of REPLAY_CHUNK events is read, checked against the outbox with one query, and queued
+    in its own short transaction: ingest waits for one page at most, and a replay cut short keeps
+    the pages it committed (run it again: what waits already is skipped).
     """
-    destination = await _require(conn, destination_id)
+    async with engine.connect() as conn:
+        destination = await _require(conn, destination_id)
     unknown = [t for t in types if t not in LOG_TYPES and t not in CATEGORIES]
     if unknown:
         raise Unprocessable([{"parameter": "type", "message": f"unknown types: {', '.join(unknown)}"}])
@@ -109,12 +120,7 @@ async def replay(
         )
     else:
         wanted = EventFilter.of(destination.types, destination.categories, destination.api_endpoints)
-    waiting = exists().where(
-        OutboxItem.destination_id == destination_id,
-        OutboxItem.log_id == LogEvent.log_id,
-        OutboxItem.status.in_(OPEN),
-    )
-    query = select(LogEvent.log_id, LogEvent.date, LogEvent.type, LogEvent.category).where(~waiting)
+    query = select(LogEvent.log_id, LogEvent.date, LogEvent.type, LogEvent.category)
     if wanted.api_endpoints:
         query = query.add_columns(LogEvent.data)
     if wanted.types or wanted.categories:
@@ -126,25 +132,42 @@ async def replay(
     if until is not None:
         query = query.where(LogEvent.date < until)
     query = query.order_by(LogEvent.date, LogEvent.log_id).limit(REPLAY_CHUNK)
-    now = datetime.now(UTC)
     queued = 0
     after: tuple[datetime, str] | None = None
     while True:
-        page = query
-        if after is not None:
-            page = page.where(tuple_(LogEvent.date, LogEvent.log_id) > after)
-        rows = list(await conn.execute(page))
-        if not rows:
-            return queued
-        items = [
-            new_item(destination_id, row.log_id, now)
-            for row in rows
-            if wanted.matches(row.type, row.category, getattr(row, "data", None) or {})
-        ]
-        if items:
-            await conn.execute(insert(OutboxItem), items)
-            queued += len(items)
+        page = query if after is None else query.where(tuple_(LogEvent.date, LogEvent.log_id) > after)
+        async with engine.begin() as conn:
+            rows = list(await conn.execute(page))
+            if not rows:
+                return queued
+            await _require(conn, destination_id)  # deleted meanwhile: 404, not a foreign-key error
+            queued += await _queue_page(conn, destination_id, wanted, rows)
         after = (rows[-1].date, rows[-1].log_id)
+
+
+async def _queue_page(
+    conn: AsyncConnection, destination_id: int, wanted: EventFilter, rows: list[Any]
+) -> int:
+    """Queue the page's matching events, but those already waiting for the destination."""
+    waiting = set(
+        await conn.scalars(
+            select(OutboxItem.log_id).where(
+                OutboxItem.destination_id == destination_id,
+                OutboxItem.status.in_(OPEN),
+                OutboxItem.log_id.in_([row.log_id for row in rows]),
+            )
+        )
+    )
+    now = datetime.now(UTC)
+    items = [
+        new_item(destination_id, row.log_id, now)
+        for row in rows
+        if row.log_id not in waiting
+        and wanted.matches(row.type, row.category, getattr(row, "data", None) or {})
+    ]
+    if items:
+        await conn.execute(insert(OutboxItem), items)
+    return len(items)
 
 
 async def destination_health(conn: AsyncConnection, destination_id: int) -> dict[str, Any]:

@@ -3,12 +3,15 @@
 Each destination runs its own small loop, so a slow or unreachable destination holds up only itself.
 Delivery is at least once: a worker that dies after sending but before recording leaves its rows
 leased, and they are sent again when the lease expires (receivers deduplicate by `webhook-id`/log id).
+A worker that is stopped lets its rounds finish (their sends are bounded by the timeout); a round
+cancelled all the same records what was answered and gives the other rows back at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -21,10 +24,9 @@ from standardwebhooks import Webhook
 
 from app import outbox
 from app.context import USER_AGENT, Context
-from app.destinations import signing_key
 from app.models import Destination, LogEvent
 from app.outbox import Claim, ClaimedItem, Target
-from app.payloads import message_id, render_body
+from app.payloads import is_header_value, message_id, render_body, signing_key
 from app.retry import Outcome, RetryPolicy, excerpt, parse_retry_after, verdict_of
 from app.stopping import wait_or_stop
 
@@ -33,6 +35,10 @@ log = logging.getLogger(__name__)
 ERROR_BODY_BYTES = 2048  # read this much of a failed answer for `last_error`
 PURGE_EVERY = 600.0  # seconds between purges of old delivered rows
 PURGE_CHUNK = 5000
+MIN_MASKED_CHARS = 6
+STOP_GRACE = 2.0  # seconds beyond the delivery timeout a stopping worker gives its rounds
+
+Result = tuple[Sequence[ClaimedItem], Outcome | None]
 
 
 async def deliver_once(context: Context) -> int:
@@ -51,58 +57,129 @@ async def deliver_destination_once(context: Context, destination_id: int) -> int
         claim = await outbox.claim_due(conn, destination_id, _now(), settings.delivery_lease, policy)
     if claim is None:
         return 0
-    events = await _load_events(context, [item.log_id for item in claim.items])
-    sendable = [item for item in claim.items if item.log_id in events]
-    missing = [item for item in claim.items if item.log_id not in events]
-    per_call = claim.target.per_call
-    chunks = [sendable[i : i + per_call] for i in range(0, len(sendable), per_call)]
-    slots = asyncio.Semaphore(claim.target.concurrent_calls)
+    target = claim.target
+    slots = asyncio.Semaphore(target.concurrent_calls)
     down = asyncio.Event()
+    chunks: list[list[ClaimedItem]] = [claim.items]  # unsent, should the load be cancelled
+    tasks: list[asyncio.Task[Outcome | None]] = []
+    missing: list[ClaimedItem] = []
 
-    async def send_chunk(chunk: list[ClaimedItem]) -> tuple[list[ClaimedItem], Outcome | None]:
+    async def send_chunk(chunk: list[ClaimedItem]) -> Outcome | None:
         async with slots:
             if down.is_set():  # the destination is failing: the rest of the round waits, unsent
-                return chunk, None
-            outcome = await send(context, claim.target, [(i.log_id, events[i.log_id]) for i in chunk])
+                return None
+            outcome = await send(context, target, [(i.log_id, events[i.log_id]) for i in chunk])
             if verdict_of(outcome) == "retry":
                 down.set()
-            return chunk, outcome
+            return outcome
 
-    results = await asyncio.gather(*(send_chunk(chunk) for chunk in chunks))
+    try:
+        events = await _load_events(context, [item.log_id for item in claim.items])
+        sendable = [item for item in claim.items if item.log_id in events]
+        missing = [item for item in claim.items if item.log_id not in events]
+        chunks = [sendable[i : i + target.per_call] for i in range(0, len(sendable), target.per_call)]
+        tasks = [asyncio.create_task(send_chunk(chunk)) for chunk in chunks]
+        if tasks:
+            await asyncio.wait(tasks)
+    except asyncio.CancelledError:  # stopping: keep what was answered, give the rest back now
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        await asyncio.shield(_settle(context, claim, missing, _results(chunks, tasks), policy))
+        raise
+    results = _results(chunks, tasks)
+    # Shielded: a stop that comes while the outcome is written does not leave the rows leased.
+    await asyncio.shield(_settle(context, claim, missing, results, policy))
+    _log_round(claim, results)
+    return len(claim.items)
+
+
+async def _settle(
+    context: Context, claim: Claim, missing: list[ClaimedItem], results: list[Result], policy: RetryPolicy
+) -> None:
     async with context.engine.begin() as conn:
         if missing:
             await outbox.release(conn, claim, missing, "the event is no longer stored")
         if results:
             await outbox.record_outcomes(conn, claim, results, _now(), policy)
-    _log_round(claim, results)
-    return len(claim.items)
+
+
+def _results(chunks: list[list[ClaimedItem]], tasks: list[asyncio.Task[Outcome | None]]) -> list[Result]:
+    """Each chunk's outcome; None for one whose send was cancelled or never began."""
+    results: list[Result] = []
+    for chunk, task in itertools.zip_longest(chunks, tasks):
+        if task is None or task.cancelled():
+            results.append((chunk, None))
+        elif (error := task.exception()) is not None:  # send() catches everything: a bug of ours
+            log.error("delivery send failed", exc_info=error)
+            results.append((chunk, Outcome(None, f"cannot send: {type(error).__name__}", permanent=True)))
+        else:
+            results.append((chunk, task.result()))
+    return results
 
 
 async def send(context: Context, target: Target, events: Sequence[tuple[str, dict[str, Any]]]) -> Outcome:
-    """POST one request to the destination and turn whatever happens into an Outcome."""
-    as_batch = target.per_call > 1
-    body = render_body(target.kind, target.payload, events, as_batch)
-    headers = signed_headers(target, body, message_id([log_id for log_id, _ in events], as_batch))
+    """POST one request to the destination and turn whatever happens into an Outcome (never raises).
+
+    A request that cannot be built or that the HTTP library refuses to send (a bad URL or header
+    value) is a permanent failure. Error texts never carry our headers: exceptions that quote them
+    are recorded by type only, and secrets are masked in whatever else is recorded.
+    """
     timeout = context.settings.delivery_timeout
     try:
+        body = render_body(target.kind, target.payload, events, target.as_batch)
+        headers = signed_headers(target, body, message_id([log_id for log_id, _ in events], target.as_batch))
+        request = context.http.build_request(
+            "POST", target.url, content=body, headers=headers, timeout=timeout
+        )
+    except Exception as exc:
+        return _cannot_send(target, exc)
+    try:
         # httpx's timeout bounds each phase; asyncio's bounds the whole call (a slow-drip receiver).
-        async with (
-            asyncio.timeout(timeout),
-            context.http.stream(
-                "POST", target.url, content=body, headers=headers, timeout=timeout
-            ) as response,
-        ):
-            # Read (a bounded part of) every answer: a drained connection is reused for the next call.
-            answer = await _read_some(response)
-            if response.is_success:
-                return Outcome(response.status_code)
-            retry_after = parse_retry_after(response.headers.get("retry-after"), _now())
-            return Outcome(response.status_code, excerpt(answer) or None, retry_after)
+        async with asyncio.timeout(timeout):
+            response = await context.http.send(request, stream=True)
+            try:
+                # Read (a bounded part of) every answer: a drained connection is reused for the next call.
+                answer = await _read_some(response)
+            finally:
+                await response.aclose()
     except (httpx.TimeoutException, TimeoutError):
         return Outcome(None, f"timed out after {timeout:g}s")
-    except httpx.HTTPError as exc:
-        # The exception text names the failure (refused, reset, DNS), never our headers.
-        return Outcome(None, excerpt(f"{type(exc).__name__}: {exc}"))
+    except (httpx.LocalProtocolError, httpx.UnsupportedProtocol) as exc:
+        return _cannot_send(target, exc)  # h11's text quotes the header value it refused
+    except httpx.TransportError as exc:  # refused, reset, DNS: the text names the failure
+        return Outcome(None, excerpt(_masked(f"{type(exc).__name__}: {exc}", target)))
+    except Exception as exc:
+        log.warning("unexpected send error", extra={"destination": target.name, "error": type(exc).__name__})
+        return Outcome(None, f"unexpected error: {type(exc).__name__}")
+    if response.is_success:
+        return Outcome(response.status_code)
+    retry_after = parse_retry_after(response.headers.get("retry-after"), _now())
+    return Outcome(response.status_code, excerpt(_masked(answer, target)) or None, retry_after)
+
+
+def _cannot_send(target: Target, exc: Exception) -> Outcome:
+    """A request that can never go out: dead, with a reason that names the setting to fix."""
+    if isinstance(exc, (httpx.InvalidURL, httpx.UnsupportedProtocol)):
+        reason = "the URL is not valid"
+    elif target.authorization and not is_header_value(target.authorization):
+        reason = "the Authorization value is not a valid header value"
+    else:
+        reason = "the request could not be built"
+    return Outcome(None, f"cannot send: {reason} ({type(exc).__name__})", permanent=True)
+
+
+def _masked(text: str, target: Target) -> str:
+    """`text` with the destination's secrets masked (a receiver may echo our request back)."""
+    url = httpx.URL(target.url)
+    secrets = [target.authorization, target.signing_secret, url.password]
+    # Query values long enough to be tokens; masking short ones ("v=1") would garble the text.
+    secrets += [value for _, value in url.params.multi_items() if len(value) >= MIN_MASKED_CHARS]
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 def signed_headers(target: Target, body: bytes, msg_id: str) -> dict[str, str]:
@@ -146,7 +223,11 @@ async def run_delivery_loop(context: Context, stop: asyncio.Event) -> None:
                     )
             await wait_or_stop(stop, context.settings.delivery_poll_interval)
     finally:
-        # A send cut short leaves its rows leased; they are sent again after the lease.
+        # On stop, let each destination finish its round so that outcomes are recorded; a round still
+        # running after the grace is cancelled and gives its unanswered rows back.
+        running = [task for task in loops.values() if not task.done()]
+        if running and stop.is_set():
+            await asyncio.wait(running, timeout=context.settings.delivery_timeout + STOP_GRACE)
         for task in loops.values():
             task.cancel()
         for task in loops.values():
@@ -206,7 +287,7 @@ async def _read_some(response: httpx.Response) -> str:
     return b"".join(chunks)[:ERROR_BODY_BYTES].decode(errors="replace")
 
 
-def _log_round(claim: Claim, results: Sequence[tuple[Sequence[ClaimedItem], Outcome | None]]) -> None:
+def _log_round(claim: Claim, results: Sequence[Result]) -> None:
     failed = [outcome for _, outcome in results if outcome is not None and not outcome.is_success]
     if failed:
         log.warning(

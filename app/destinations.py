@@ -2,27 +2,32 @@
 declares (FORWARD_*, SLACK_INCOMING_WEBHOOK_URL, and the old extensions' settings).
 
 `authorization` and `signing_secret` are write-only: they are stored, sent, and never shown again;
-so is the path of a Slack webhook URL (it carries Slack's token).
+so are the credentials a URL may carry (user:password@, query values, a Slack webhook's path).
 Functions here take a connection and never commit; the caller owns the transaction.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
+import httpx
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app import outbox
 from app.auth0.catalog import CATEGORIES, LOG_TYPES
-from app.config import Settings
 from app.errors import Conflict, NotFound, Unprocessable
 from app.models import Destination, utcnow
+from app.payloads import check_header_value, check_signing_secret
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +37,10 @@ log = logging.getLogger(__name__)
 #   "raw"           the log exactly as stored, as the Authentication API Webhooks extension sent it
 PAYLOADS = ("event", "mgmt_webhook", "raw")
 KINDS = ("http", "slack")
-SECRET_PREFIX = "whsec_"
-MIN_SECRET_CHARS = 16
+# Fields that decide how requests are sent: changing one ends the destination's backoff.
+DELIVERY_FIELDS = frozenset(
+    {"url", "kind", "authorization", "signing_secret", "payload", "send_as_batch", "batch_size", "enabled"}
+)
 
 # Columns an API answer may show: everything but the two secrets.
 PUBLIC_COLUMNS = tuple(
@@ -59,37 +66,38 @@ class DestinationSpec:
     concurrent_calls: int = 5
     enabled: bool = True
 
-
-def signing_key(secret: str) -> bytes:
-    """The HMAC key for a signing secret.
-
-    A Standard Webhooks secret (`whsec_` + base64) is decoded as that standard says; any other string
-    is used as its UTF-8 bytes. Receivers verify the latter with `Webhook(secret.encode())` or with
-    `Webhook("whsec_" + base64(secret))`.
-    """
-    if secret.startswith(SECRET_PREFIX):
-        encoded = secret[len(SECRET_PREFIX) :].rstrip("=")
-        return base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
-    return secret.encode()
-
-
-def check_signing_secret(secret: str) -> str:
-    try:
-        key = signing_key(secret)
-    except (binascii.Error, ValueError):
-        raise ValueError("a whsec_ signing secret must be base64 after the prefix") from None
-    if secret.startswith(SECRET_PREFIX) and len(key) < 16:
-        raise ValueError("a whsec_ signing secret must hold at least 16 bytes")
-    if len(key) < MIN_SECRET_CHARS:
-        raise ValueError(f"the signing secret must be at least {MIN_SECRET_CHARS} characters")
-    return secret
+    def __post_init__(self) -> None:
+        """The checks the API makes, so that a setting can never queue rows that cannot be sent."""
+        checks: dict[str, Callable[[Any], Any]] = {
+            "url": check_url,
+            "authorization": check_authorization,
+            "signing_secret": lambda v: v if v is None else check_signing_secret(v),
+        }
+        for name, check in checks.items():
+            try:
+                setattr(self, name, check(getattr(self, name)))
+            except ValueError as exc:
+                raise ValueError(f"destination {self.name!r}, {name}: {exc}") from None
 
 
 def check_url(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in ("http", "https") or not rest.split("/", 1)[0]:
+    """An http(s) URL that httpx can send to, or ValueError (without quoting it: it may hold a token)."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        raise ValueError(
+            "is not a URL that can be sent to (check the host, the port and the characters)"
+        ) from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
         raise ValueError("must be an http:// or https:// URL with a host")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise ValueError("the port must be between 1 and 65535")
     return url
+
+
+def check_authorization(value: str | None) -> str | None:
+    """An Authorization value sent verbatim; an empty one means none."""
+    return check_header_value(value) if value else None
 
 
 def split_types(values: list[str]) -> tuple[list[str], list[str]]:
@@ -118,6 +126,7 @@ class DestinationPatch(BaseModel):
     enabled: bool | None = None
 
     _url = field_validator("url")(lambda v: v if v is None else check_url(v))
+    _authorization = field_validator("authorization")(check_authorization)
     _secret = field_validator("signing_secret")(lambda v: v if v is None else check_signing_secret(v))
 
     @field_validator("types")
@@ -150,6 +159,14 @@ class DestinationCreate(DestinationPatch):
     enabled: bool = True
 
 
+# PATCH fields that may not be null (null types or categories mean none).
+NOT_NULL = tuple(
+    c.name
+    for c in Destination.__table__.columns
+    if not c.nullable and c.name in DestinationPatch.model_fields and c.name not in ("types", "categories")
+)
+
+
 def env_destination_specs(settings: Settings) -> list[DestinationSpec]:
     """FORWARD_* as the destination "forward" and SLACK_INCOMING_WEBHOOK_URL as "slack" (failures)."""
     specs: list[DestinationSpec] = []
@@ -162,7 +179,7 @@ def env_destination_specs(settings: Settings) -> list[DestinationSpec]:
                 name="forward",
                 url=str(settings.forward_url),
                 authorization=auth.get_secret_value() if auth else None,
-                signing_secret=check_signing_secret(secret.get_secret_value()) if secret else None,
+                signing_secret=secret.get_secret_value() if secret else None,
                 types=types,
                 categories=categories,
                 send_as_batch=settings.forward_send_as_batch,
@@ -183,16 +200,21 @@ async def sync_env_destinations(conn: AsyncConnection, specs: list[DestinationSp
     An env destination whose variable was removed is disabled, not deleted: its delivery history
     stays readable and its pending rows wait (setting the variable again resumes them).
     """
-    existing = {row.name: row for row in await conn.execute(select(Destination.name, Destination.origin))}
+    delivery = [getattr(Destination, name) for name in sorted(DELIVERY_FIELDS)]
+    query = select(Destination.id, Destination.name, Destination.origin, *delivery)
+    existing = {row.name: row for row in await conn.execute(query)}
     now = utcnow()
     for spec in specs:
         values = asdict(spec) | {"origin": "env", "updated_at": now}
-        if spec.name not in existing:
+        old = existing.get(spec.name)
+        if old is None:
             await conn.execute(insert(Destination).values(**values, created_at=now))
             continue
-        if existing[spec.name].origin != "env":
+        if old.origin != "env":
             log.warning("the environment takes over destination %r, created through the API", spec.name)
-        await conn.execute(update(Destination).where(Destination.name == spec.name).values(**values))
+        await conn.execute(update(Destination).where(Destination.id == old.id).values(**values))
+        if any(getattr(old, name) != values[name] for name in DELIVERY_FIELDS):
+            await outbox.reset_backoff(conn, old.id, now)
     names = [spec.name for spec in specs]
     await conn.execute(
         update(Destination)
@@ -236,23 +258,28 @@ async def create_destination(conn: AsyncConnection, fields: DestinationCreate) -
 
 async def update_destination(conn: AsyncConnection, destination_id: int, fields: DestinationPatch) -> None:
     """Apply the fields that were sent. An env destination may be edited; the next start-up
-    re-applies its variables."""
+    re-applies its variables.
+
+    A change to how requests are sent (DELIVERY_FIELDS) is taken as a fix: the destination's backoff
+    ends and its failed rows are due at once.
+    """
     values = fields.model_dump(exclude_unset=True)
     for key in ("types", "categories"):
         if key in values and values[key] is None:
             values[key] = []
-    for key in ("name", "url", "kind", "payload", "send_as_batch", "batch_size", "concurrent_calls"):
-        if key in values and values[key] is None:
-            raise Unprocessable([{"parameter": key, "message": "may not be null"}])
+    nulls = [key for key in NOT_NULL if key in values and values[key] is None]
+    if nulls:
+        raise Unprocessable([{"parameter": key, "message": "may not be null"} for key in nulls])
     if not values:
         await get_destination(conn, destination_id)
         return
+    now = utcnow()
     try:
         async with conn.begin_nested():
             result = await conn.execute(
                 update(Destination)
                 .where(Destination.id == destination_id)
-                .values(**values, updated_at=utcnow())
+                .values(**values, updated_at=now)
                 .returning(Destination.id)
             )
             found = result.first()
@@ -260,6 +287,8 @@ async def update_destination(conn: AsyncConnection, destination_id: int, fields:
         raise Conflict(f"a destination named {values.get('name')!r} exists") from None
     if found is None:
         raise NotFound(f"no destination with id {destination_id}")
+    if DELIVERY_FIELDS.intersection(values):
+        await outbox.reset_backoff(conn, destination_id, now)
 
 
 async def delete_destination(conn: AsyncConnection, destination_id: int) -> None:
@@ -272,13 +301,30 @@ async def delete_destination(conn: AsyncConnection, destination_id: int) -> None
 
 
 def _shown(row: Any) -> dict[str, Any]:
-    """A destination as the API shows it. A Slack incoming-webhook URL is itself a credential:
-    only its scheme and host are shown."""
+    """A destination as the API shows it, its URL masked by `shown_url`."""
     destination = dict(row)
-    if destination["kind"] == "slack":
-        scheme, _, rest = destination["url"].partition("://")
-        destination["url"] = f"{scheme}://{rest.split('/', 1)[0]}/…"
+    destination["url"] = shown_url(destination["url"], destination["kind"])
     return destination
+
+
+def shown_url(url: str, kind: str) -> str:
+    """A URL without the credentials it may carry: user:password@ and query values become `***`, and
+    a Slack incoming-webhook URL (its path is Slack's token) shows only its scheme and host."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    _, at, host = parts.netloc.rpartition("@")
+    netloc = f"***@{host}" if at else host
+    if kind == "slack":
+        return f"{parts.scheme}://{netloc}/…"
+    shown = f"{parts.scheme}://{netloc}{parts.path}"
+    if parts.query:
+        pairs = (pair.partition("=") for pair in parts.query.split("&"))
+        shown += "?" + "&".join(f"{key}=***" if sep else "***" for key, sep, _ in pairs)
+    if parts.fragment:
+        shown += "#***"
+    return shown
 
 
 def _secret_flags() -> list[Any]:

@@ -168,7 +168,7 @@ class OutboxItem(Base):
     __table_args__ = (
         Index(None, "status", "next_attempt_at"),
         Index(None, "destination_id", "status", "next_attempt_at"),
-        Index(None, "log_id"),
+        Index(None, "destination_id", "log_id"),  # replay: which of a page's events wait already
     )
 
 
@@ -185,6 +185,12 @@ class PollerState(Base):
     # SQLite has no advisory lock: a pass holds this lease, and every checkpoint write checks it.
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The Management API token, shared by every process (cron's `poll --once` included) until it is
+    # due for renewal; the key is a digest of the domain and credentials it was issued for.
+    access_token: Mapped[str | None] = mapped_column(Text)
+    access_token_key: Mapped[str | None] = mapped_column(String(64))
+    access_token_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    access_token_renew_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class PollerRun(Base):
@@ -199,5 +205,6 @@ class PollerRun(Base):
     stored: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     warning: Mapped[str | None] = mapped_column(Text)
-    # True when the pass read until Auth0 had nothing newer (lag is then nil, whatever the log dates).
+    # True when the pass read until Auth0 had nothing newer (lag is then the time since it ended,
+    # whatever the log dates).
     caught_up: Mapped[bool] = mapped_column(Boolean, default=False)

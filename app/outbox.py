@@ -84,9 +84,14 @@ class Target:
     consecutive_failures: int
 
     @property
+    def as_batch(self) -> bool:
+        """A JSON array per POST, even of one event; Slack always groups a burst into one message."""
+        return self.send_as_batch or self.kind == "slack"
+
+    @property
     def per_call(self) -> int:
-        """Events per POST; Slack always groups a burst into one message."""
-        return self.batch_size if self.send_as_batch or self.kind == "slack" else 1
+        """Events per POST."""
+        return self.batch_size if self.as_batch else 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,9 +207,10 @@ async def record_outcomes(
     """Settle a claim's rows after their POSTs, in the caller's second short transaction.
 
     2xx: delivered. Retryable: due again when the destination's backoff ends, unless the row has used
-    its attempts or age (then dead). Permanent 4xx: dead. Any failure backs off the whole destination.
-    No outcome (None): not sent, because the destination failed first; the attempt is given back.
-    Rows whose lease was taken over by another worker are left to that worker.
+    its attempts or age (then dead). Permanent (a 4xx, a request that cannot be built): dead.
+    Only retryable failures back off the whole destination: a permanent one says it is up.
+    No outcome (None): not sent (the destination failed first, or the worker is stopping); the
+    attempt is given back. Rows whose lease was taken over by another worker are left to that worker.
     """
     sent = [(items, outcome) for items, outcome in results if outcome is not None]
     unsent = [item.id for items, outcome in results if outcome is None for item in items]
@@ -215,22 +221,22 @@ async def record_outcomes(
             .values(lease_until=None, attempts=OutboxItem.attempts - 1)
         )
     failures = [outcome for _, outcome in sent if not outcome.is_success]
+    retryable = [outcome for outcome in failures if verdict_of(outcome) == "retry"]
     destination: dict[str, Any] = {}
     retry_at = now
     if any(outcome.is_success for _, outcome in sent):
         destination["last_success_at"] = now
     if failures:
-        retry_afters = [o.retry_after for o in failures if o.retry_after is not None]
+        destination |= {"last_failure_at": now, "last_error": describe_outcome((retryable or failures)[-1])}
+    if retryable:
+        retry_afters = [o.retry_after for o in retryable if o.retry_after is not None]
         delay = policy.backoff(claim.target.consecutive_failures + 1, max(retry_afters, default=None))
         retry_at = now + timedelta(seconds=delay)
-        worst = failures[-1]
         destination |= {
             "consecutive_failures": Destination.consecutive_failures + 1,
             "backoff_until": retry_at,
-            "last_failure_at": now,
-            "last_error": describe_outcome(worst),
         }
-    else:
+    elif sent:
         destination |= {"consecutive_failures": 0, "backoff_until": None}
 
     buckets: dict[tuple[str, int | None, str | None], list[int]] = defaultdict(list)
@@ -259,7 +265,30 @@ async def record_outcomes(
             .where(OutboxItem.id.in_(ids), OutboxItem.lease_until == claim.lease_until)
             .values(**values)
         )
-    await conn.execute(update(Destination).where(Destination.id == claim.target.id).values(**destination))
+    if destination:
+        await conn.execute(update(Destination).where(Destination.id == claim.target.id).values(**destination))
+    elif claim.probe:  # the probe was not sent: the next one may go at once
+        await conn.execute(
+            update(Destination).where(Destination.id == claim.target.id).values(backoff_until=None)
+        )
+
+
+async def reset_backoff(conn: AsyncConnection, destination_id: int, now: datetime) -> None:
+    """Forget a destination's failures and make its failed rows due now: its settings were changed."""
+    await conn.execute(
+        update(Destination)
+        .where(Destination.id == destination_id)
+        .values(consecutive_failures=0, backoff_until=None)
+    )
+    await conn.execute(
+        update(OutboxItem)
+        .where(
+            OutboxItem.destination_id == destination_id,
+            OutboxItem.status == "failed",
+            OutboxItem.next_attempt_at > now,
+        )
+        .values(next_attempt_at=now)
+    )
 
 
 def describe_outcome(outcome: Outcome) -> str:

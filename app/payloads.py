@@ -1,16 +1,28 @@
-"""Request bodies and message ids for a destination's payload shape (see PAYLOADS in destinations)."""
+"""What goes on the wire: request bodies for a destination's payload shape (see PAYLOADS in
+destinations), the `webhook-id`, the signing key, and the header values we are given."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
+from pydantic import SecretStr
 
 from app import slack
 
 Event = tuple[str, dict[str, Any]]  # (log_id, stored data)
+
+SECRET_PREFIX = "whsec_"
+MIN_SECRET_CHARS = 16
+# A log id sent as it is in `webhook-id`; any other id (a line break, non-ASCII) would break the header.
+_PLAIN_ID = re.compile(r"[A-Za-z0-9._:|-]{1,255}")
+# Visible ASCII, single spaces inside allowed: what h11 sends without complaint and without surprise.
+_HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
 
 
 def render_event(payload: str, log_id: str, data: dict[str, Any]) -> Any:
@@ -42,9 +54,64 @@ def message_id(log_ids: Sequence[str], as_batch: bool) -> str:
     """The `webhook-id`: the log id of a single event, or a digest of a batch's log ids.
 
     Both are stable across retries of the same rows, so receivers can deduplicate (a replay of the
-    same event carries the same id again).
+    same event carries the same id again). A log id that is not plain ASCII is sent as `evt_<digest>`.
     """
     if not as_batch:
-        return log_ids[0]
-    digest = hashlib.sha256("\n".join(log_ids).encode()).hexdigest()[:32]
-    return f"batch_{digest}"
+        log_id = log_ids[0]
+        return log_id if _PLAIN_ID.fullmatch(log_id) else f"evt_{_digest([log_id])}"
+    return f"batch_{_digest(log_ids)}"
+
+
+def _digest(log_ids: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(log_ids).encode(errors="surrogatepass")).hexdigest()[:32]
+
+
+def signing_key(secret: str) -> bytes:
+    """The HMAC key for a signing secret.
+
+    A Standard Webhooks secret (`whsec_` + base64) is decoded as that standard says; any other string
+    is used as its UTF-8 bytes. Receivers verify the latter with `Webhook(secret.encode())` or with
+    `Webhook("whsec_" + base64(secret))`.
+    """
+    if secret.startswith(SECRET_PREFIX):
+        encoded = secret[len(SECRET_PREFIX) :].rstrip("=")
+        return base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    return secret.encode()
+
+
+def check_signing_secret(secret: str) -> str:
+    """The secret, or ValueError saying what is wrong with it (never quoting it)."""
+    try:
+        key = signing_key(secret)
+    except (binascii.Error, ValueError):
+        raise ValueError("a whsec_ signing secret must be base64 after the prefix") from None
+    if secret.startswith(SECRET_PREFIX) and len(key) < 16:
+        raise ValueError("a whsec_ signing secret must hold at least 16 bytes")
+    if len(key) < MIN_SECRET_CHARS:
+        raise ValueError(f"the signing secret must be at least {MIN_SECRET_CHARS} characters")
+    return secret
+
+
+def is_header_value(value: str) -> bool:
+    return _HEADER_VALUE.fullmatch(value) is not None
+
+
+def check_header_value(value: str) -> str:
+    """A value sent verbatim as a header (Authorization), or ValueError (never quoting it)."""
+    if not is_header_value(value):
+        raise ValueError("must be visible ASCII characters (spaces only between them), without line breaks")
+    return value
+
+
+def check_signing_secret_setting(value: SecretStr | None) -> SecretStr | None:
+    """FORWARD_SIGNING_SECRET as a settings validator: ValueError, so start-up names the setting."""
+    if value:
+        check_signing_secret(value.get_secret_value())
+    return value
+
+
+def check_authorization_setting(value: SecretStr | None) -> SecretStr | None:
+    """FORWARD_AUTHORIZATION and AUTHORIZATION as a settings validator (empty means unset)."""
+    if value:
+        check_header_value(value.get_secret_value())
+    return value

@@ -10,10 +10,12 @@ they never end the process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 
@@ -33,8 +35,13 @@ log = logging.getLogger(__name__)
 
 TRANSIENT_RETRIES = 3  # a 5xx or a dropped connection is asked again this often within a pass
 TRANSIENT_DELAY = 0.5  # seconds, doubled per retry
-MAX_RATE_WAIT = 60.0  # never trust a reset further away than this (clock skew)
+MAX_RATE_WAIT = 60.0  # never trust a reset further away than this (clock skew); caps the backoff too
+RATE_BACKOFF = 1.0  # seconds after a first 429 in a row, doubled for each further one
+MAX_RETRY_AFTER = 3600.0  # a Retry-After is honoured up to this
 LEASE_MARGIN = 60.0  # a SQLite lease outlives the pass budget by this much
+
+# How the poller pauses: wait_or_stop, or in tests one that only records the seconds.
+Wait = Callable[[asyncio.Event, float], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -45,11 +52,12 @@ class PassResult:
     run_id: int | None = None
     start_checkpoint: str | None = None
     checkpoint: str | None = None
-    logs_read: int = 0
+    logs_read: int = 0  # each log once, though the first page is read twice
     stored: int = 0
     pages: int = 0
     rate_limit_waits: int = 0
     caught_up: bool = False
+    resume_at: datetime | None = None  # a rate limit ended the pass: the next starts no earlier
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
     alert: bool = False  # a warning Slack must hear about even when the pass succeeded
@@ -72,13 +80,19 @@ def management_client(context: Context) -> ManagementClient:
     base_url, secret = settings.auth0_base_url, settings.auth0_client_secret
     if not (base_url and settings.auth0_client_id and secret):
         raise ManagementError("set AUTH0_DOMAIN, AUTH0_CLIENT_ID and AUTH0_CLIENT_SECRET to poll")
-    return ManagementClient(context.http, base_url, settings.auth0_client_id, secret.get_secret_value())
+    tokens = poller_state.SavedTokens(context.engine, management.TOKENS)
+    return ManagementClient(
+        context.http, base_url, settings.auth0_client_id, secret.get_secret_value(), tokens=tokens
+    )
 
 
-async def poll_once(context: Context, *, stop: asyncio.Event | None = None) -> PassResult:
+async def poll_once(
+    context: Context, *, stop: asyncio.Event | None = None, wait: Wait = wait_or_stop
+) -> PassResult:
     """One pass: read and store pages until Auth0 has nothing newer or POLL_MAX_RUN_SECONDS is spent.
 
-    Returns `ran=False` at once when another pass (this or another replica) holds the lock.
+    Returns `ran=False` at once when another pass (this or another replica) holds the lock. `stop`
+    ends the pass cleanly at the next page or pause.
     """
     settings = context.settings
     lease_seconds = settings.poll_max_run_seconds + LEASE_MARGIN
@@ -86,7 +100,7 @@ async def poll_once(context: Context, *, stop: asyncio.Event | None = None) -> P
         if lease is None:
             log.info("poll pass skipped: another pass is running")
             return PassResult(ran=False)
-        result = await _run_pass(context, lease, stop)
+        result = await _Pass(context, lease, stop or asyncio.Event(), wait).run()
         assert result.ended_at is not None
         run = reports.RunReport(
             result.started_at,
@@ -101,170 +115,199 @@ async def poll_once(context: Context, *, stop: asyncio.Event | None = None) -> P
         return result
 
 
-async def _run_pass(context: Context, lease: poller_state.Lease, stop: asyncio.Event | None) -> PassResult:
-    settings = context.settings
-    result = PassResult(ran=True)
-    async with context.engine.begin() as conn:
-        state = await poller_state.load_state(conn)
-        result.run_id = await poller_state.start_run(conn, result.started_at, state.checkpoint)
-    cursor = _Cursor(state.checkpoint, state.start_from)
-    if settings.start_from and settings.start_from != state.start_from:
-        # Applied once, like the extensions: only when START_FROM differs from the one stored.
-        cursor = _Cursor(management.start_checkpoint(settings.start_from), settings.start_from, dirty=True)
-        log.info(
-            "START_FROM applied", extra={"start_from": settings.start_from, "checkpoint": cursor.checkpoint}
-        )
-    result.start_checkpoint = result.checkpoint = cursor.checkpoint
-    deadline = time.monotonic() + settings.poll_max_run_seconds
-    try:
-        await _read_pages(context, management_client(context), lease, cursor, result, deadline, stop)
-    except _Stopped as stopped:
-        if str(stopped):
-            result.warnings.append(str(stopped))
-    except ManagementError as exc:
-        result.error = str(exc)
-    except Exception as exc:  # the store or the database: the pass fails, the process goes on
-        log.exception("poll pass failed")
-        result.error = f"{type(exc).__name__}: {exc}"
-    result.checkpoint = cursor.checkpoint
-    _check_lag(settings, result)
-    result.ended_at = datetime.now(UTC)
-    await _record(context, result)
-    return result
-
-
 @dataclass(slots=True)
 class _Cursor:
     checkpoint: str | None
     start_from: str | None
     dirty: bool = False  # START_FROM moved it: save even if no page follows
+    reread: set[str] = field(default_factory=set)  # the date-sorted page's ids, read again by id
 
 
-async def _read_pages(
-    context: Context,
-    client: ManagementClient,
-    lease: poller_state.Lease,
-    cursor: _Cursor,
-    result: PassResult,
-    deadline: float,
-    stop: asyncio.Event | None,
-) -> None:
-    take = context.settings.batch_size
-    fell_back = False
-    while True:
-        if stop is not None and stop.is_set():
-            raise _Stopped("")
-        if time.monotonic() >= deadline:
-            raise _Stopped("")  # not a warning: the next pass continues from the checkpoint
+def rate_limit_wait(limited: management.RateLimited, in_a_row: int, now: float) -> float:
+    """Seconds to wait after the `in_a_row`-th 429 in a row: until the reset (a far one is clock
+    skew), at least the Retry-After, and never less than the backoff 1, 2, 4 ... s, so that a reset
+    already past (skew, another bucket) cannot make the poller ask again and again."""
+    backoff = min(RATE_BACKOFF * 2.0 ** min(in_a_row - 1, 16), MAX_RATE_WAIT)
+    reset_in = min(limited.reset_at - now, MAX_RATE_WAIT) if limited.reset_at is not None else 0.0
+    return max(backoff, reset_in, min(limited.retry_after or 0.0, MAX_RETRY_AFTER))
+
+
+class _Pass:
+    """One pass: the cursor, the time budget, the pauses, and the result it fills in."""
+
+    def __init__(self, context: Context, lease: poller_state.Lease, stop: asyncio.Event, wait: Wait) -> None:
+        self.context, self.settings, self.lease = context, context.settings, lease
+        self.stop, self.wait = stop, wait
+        self.result = PassResult(ran=True)
+        self.cursor = _Cursor(None, None)
+        self.deadline = 0.0
+        self.warned_lost = False  # "logs may have been lost" is said once a pass
+
+    async def run(self) -> PassResult:
+        settings, result = self.settings, self.result
+        async with self.context.engine.begin() as conn:
+            state = await poller_state.load_state(conn)
+            result.run_id = await poller_state.start_run(conn, result.started_at, state.checkpoint)
+            self.cursor = _Cursor(state.checkpoint, state.start_from)
+            if settings.start_from and settings.start_from != state.start_from:
+                # Applied once, like the extensions: only when START_FROM differs from the one stored.
+                checkpoint = management.start_checkpoint(settings.start_from)
+                self.cursor = _Cursor(checkpoint, settings.start_from, dirty=True)
+                log.info(
+                    "START_FROM applied", extra={"start_from": settings.start_from, "checkpoint": checkpoint}
+                )
+            written_at = await poller_state.checkpoint_date(conn, self.cursor.checkpoint)
+        result.start_checkpoint = result.checkpoint = self.cursor.checkpoint
+        self._check_retention(written_at)
+        self.deadline = time.monotonic() + settings.poll_max_run_seconds
         try:
-            page = await _fetch(client, cursor.checkpoint, take, deadline, stop, result)
-        except management.UnknownCheckpoint as exc:
-            if fell_back:
-                raise
-            fell_back = True
-            warning = (
-                f"{exc}. It is older than Auth0's log retention: restarting from the oldest retained log; "
-                "logs between the old checkpoint and that log may have been lost"
-            )
-            log.error("poller checkpoint unknown to Auth0", extra={"checkpoint": cursor.checkpoint})
-            result.warnings.append(warning)
-            result.alert = True
-            cursor.checkpoint, cursor.dirty = None, False
-            continue
-        if not page.items:
-            if cursor.dirty:
-                await _save(context, lease, cursor, [], result)
-            result.caught_up = True
+            await self._read_pages(management_client(self.context))
+        except _Stopped as stopped:
+            if str(stopped):
+                result.warnings.append(str(stopped))
+        except ManagementError as exc:
+            result.error = str(exc)
+        except Exception as exc:  # the store or the database: the pass fails, the process goes on
+            log.exception("poll pass failed")
+            result.error = f"{type(exc).__name__}: {exc}"
+        result.checkpoint = self.cursor.checkpoint
+        _check_lag(settings, result)
+        result.ended_at = datetime.now(UTC)
+        await _record(self.context, result)
+        return result
+
+    def _check_retention(self, written_at: datetime | None) -> None:
+        """Auth0 may answer an aged-out `from` with the oldest logs it still has instead of a 400, so
+        a checkpoint older than the retention is said to lose logs before anything is read."""
+        days = self.settings.log_retention_days
+        if written_at is None or datetime.now(UTC) - written_at <= timedelta(days=days):
             return
-        await _save(context, lease, cursor, page.items, result)
-        await _respect_rate_limit(page, deadline, stop, result)
-
-
-async def _fetch(
-    client: ManagementClient,
-    checkpoint: str | None,
-    take: int,
-    deadline: float,
-    stop: asyncio.Event | None,
-    result: PassResult,
-) -> LogsPage:
-    """One page; waits out a 429 and asks again after a transient failure, within the budget."""
-    failures = 0
-    while True:
-        try:
-            return await client.get_logs(checkpoint, take)
-        except management.RateLimited as exc:
-            await _wait(exc.reset_at - time.time(), deadline, stop, "rate limited (429)")
-            result.rate_limit_waits += 1
-        except (management.Unreachable, management.ServerError) as exc:
-            failures += 1
-            delay = TRANSIENT_DELAY * 2 ** (failures - 1)
-            if failures > TRANSIENT_RETRIES or time.monotonic() + delay > deadline:
-                raise
-            log.warning("Auth0 request failed; asking again", extra={"reason": str(exc), "attempt": failures})
-            await asyncio.sleep(delay)
-
-
-async def _respect_rate_limit(
-    page: LogsPage, deadline: float, stop: asyncio.Event | None, result: PassResult
-) -> None:
-    """x-ratelimit-remaining 0: wait for x-ratelimit-reset before the next call rather than draw a 429."""
-    if page.rate.remaining is None or page.rate.remaining > 0:
-        return
-    reset_in = (page.rate.reset_at or time.time() + 1) - time.time()
-    await _wait(reset_in, deadline, stop, "x-ratelimit-remaining is 0")
-    result.rate_limit_waits += 1
-
-
-async def _wait(seconds: float, deadline: float, stop: asyncio.Event | None, why: str) -> None:
-    seconds = min(max(seconds, 0.0) + 0.05, MAX_RATE_WAIT)
-    if time.monotonic() + seconds > deadline:
-        raise _Stopped(f"Auth0 Management API rate limit reached ({why}); the next pass continues")
-    log.info("waiting for the Auth0 rate limit to reset", extra={"seconds": round(seconds, 2), "why": why})
-    if stop is None:
-        await asyncio.sleep(seconds)
-        return
-    await wait_or_stop(stop, seconds)
-    if stop.is_set():
-        raise _Stopped("")
-
-
-async def _save(
-    context: Context,
-    lease: poller_state.Lease,
-    cursor: _Cursor,
-    items: list[dict[str, object]],
-    result: PassResult,
-) -> None:
-    """Store one page and move the checkpoint to its end, in one transaction."""
-    received_at = datetime.now(UTC)
-    events = [to_event(item) for item in items]
-    for event in events:
-        if event.id_generated:
-            log.warning(
-                "Auth0 returned a log without _id or log_id; stored under a hash of its content",
-                extra={"log_id": event.log_id, "type": event.data.get("type")},
-            )
-    ids = [e.log_id for e in events if not e.id_generated]
-    if cursor.checkpoint is None and ids:
-        # The first page is sorted by date, not by id: continue from its smallest id, so that a
-        # log with a smaller id that the page missed is read rather than skipped.
-        next_checkpoint: str | None = min(ids)
-    else:
-        next_checkpoint = ids[-1] if ids else cursor.checkpoint
-    rows, rejected = to_rows(events, "poller", received_at)
-    async with context.engine.begin() as conn:
-        [stored] = await conn.run_sync(store_batches, [Batch(rows, rejected, "poller", received_at)])
-        await poller_state.save_checkpoint(conn, lease, next_checkpoint, cursor.start_from)
-    cursor.checkpoint, cursor.dirty = next_checkpoint, False
-    result.pages += 1 if items else 0
-    result.logs_read += len(items)
-    result.stored += stored.stored
-    result.checkpoint = next_checkpoint
-    if items and not ids:
-        raise ManagementError(
-            f"Auth0 returned a page of {len(items)} logs without ids; the checkpoint cannot move"
+        checkpoint = self.cursor.checkpoint
+        log.error(
+            "poller checkpoint is older than the log retention",
+            extra={"checkpoint": checkpoint, "checkpoint_date": written_at.isoformat()},
         )
+        self._lost(
+            f"the checkpoint {checkpoint} dates from {written_at:%Y-%m-%d %H:%M:%S} UTC, older than the "
+            f"{days}-day log retention: logs between it and the oldest log Auth0 still keeps may have "
+            "been lost"
+        )
+
+    def _lost(self, warning: str) -> None:
+        if not self.warned_lost:
+            self.result.warnings.append(warning)
+        self.warned_lost = self.result.alert = True
+
+    async def _read_pages(self, client: ManagementClient) -> None:
+        cursor = self.cursor
+        fell_back = False
+        while True:
+            if self.stop.is_set() or time.monotonic() >= self.deadline:
+                raise _Stopped("")  # not a warning: the next pass continues from the checkpoint
+            try:
+                page = await self._fetch(client)
+            except management.UnknownCheckpoint as exc:
+                if fell_back:
+                    raise
+                fell_back = True
+                log.error("poller checkpoint unknown to Auth0", extra={"checkpoint": cursor.checkpoint})
+                self._lost(
+                    f"{exc}. It is older than Auth0's log retention: restarting from the oldest retained "
+                    "log; logs between the old checkpoint and that log may have been lost"
+                )
+                cursor.checkpoint, cursor.dirty = None, False
+                continue
+            if not page.items:
+                if cursor.dirty:
+                    await self._save([])
+                self.result.caught_up = True
+                return
+            await self._save(page.items)
+            await self._respect_rate_limit(page)
+
+    async def _fetch(self, client: ManagementClient) -> LogsPage:
+        """One page; waits out a 429 and asks again after a transient failure, within the budget."""
+        take = min(self.settings.batch_size, management.MAX_TAKE)
+        failures = limited = 0
+        while True:
+            try:
+                return await client.get_logs(self.cursor.checkpoint, take)
+            except management.RateLimited as exc:
+                limited += 1
+                await self._wait_for_rate_limit(rate_limit_wait(exc, limited, time.time()), str(exc))
+                self.result.rate_limit_waits += 1
+            except (management.Unreachable, management.ServerError) as exc:
+                failures += 1
+                delay = TRANSIENT_DELAY * 2 ** (failures - 1)
+                if failures > TRANSIENT_RETRIES or time.monotonic() + delay > self.deadline:
+                    raise
+                log.warning(
+                    "Auth0 request failed; asking again", extra={"reason": str(exc), "attempt": failures}
+                )
+                await self._pause(delay)
+
+    async def _respect_rate_limit(self, page: LogsPage) -> None:
+        """x-ratelimit-remaining 0: wait for x-ratelimit-reset before the next call rather than draw a 429."""
+        if page.rate.remaining is None or page.rate.remaining > 0:
+            return
+        now = time.time()
+        reset_in = (page.rate.reset_at or now + 1) - now
+        await self._wait_for_rate_limit(
+            min(max(reset_in, 0.0) + 0.05, MAX_RATE_WAIT), "x-ratelimit-remaining is 0"
+        )
+        self.result.rate_limit_waits += 1
+
+    async def _wait_for_rate_limit(self, seconds: float, why: str) -> None:
+        if time.monotonic() + seconds > self.deadline:
+            resume_at = datetime.now(UTC) + timedelta(seconds=seconds)
+            self.result.resume_at = resume_at
+            raise _Stopped(
+                f"Auth0 Management API rate limit reached ({why}); the next pass starts no earlier "
+                f"than {resume_at.isoformat(timespec='seconds')}"
+            )
+        log.info(
+            "waiting for the Auth0 rate limit to reset", extra={"seconds": round(seconds, 2), "why": why}
+        )
+        await self._pause(seconds)
+
+    async def _pause(self, seconds: float) -> None:
+        await self.wait(self.stop, seconds)
+        if self.stop.is_set():
+            raise _Stopped("")
+
+    async def _save(self, items: list[dict[str, object]]) -> None:
+        """Store one page and move the checkpoint to its end, in one transaction."""
+        cursor, result = self.cursor, self.result
+        received_at = datetime.now(UTC)
+        events = [to_event(item) for item in items]
+        for event in events:
+            if event.id_generated:
+                log.warning(
+                    "Auth0 returned a log without _id or log_id; stored under a hash of its content",
+                    extra={"log_id": event.log_id, "type": event.data.get("type")},
+                )
+        ids = [e.log_id for e in events if not e.id_generated]
+        read = len(items) - sum(1 for i in ids if i in cursor.reread)
+        if cursor.checkpoint is None and ids:
+            # The first page is sorted by date, not by id: continue from its smallest id, so that a
+            # log with a smaller id that the page missed is read rather than skipped.
+            next_checkpoint: str | None = min(ids)
+            cursor.reread = set(ids)
+        else:
+            next_checkpoint = ids[-1] if ids else cursor.checkpoint
+        rows, rejected = to_rows(events, "poller", received_at)
+        async with self.context.engine.begin() as conn:
+            [stored] = await conn.run_sync(store_batches, [Batch(rows, rejected, "poller", received_at)])
+            await poller_state.save_checkpoint(conn, self.lease, next_checkpoint, cursor.start_from)
+        cursor.checkpoint, cursor.dirty = next_checkpoint, False
+        result.pages += 1 if items else 0
+        result.logs_read += read
+        result.stored += stored.stored
+        result.checkpoint = next_checkpoint
+        if items and not ids:
+            raise ManagementError(
+                f"Auth0 returned a page of {len(items)} logs without ids; the checkpoint cannot move"
+            )
 
 
 def _check_lag(settings: Settings, result: PassResult) -> None:
@@ -285,12 +328,16 @@ def _check_lag(settings: Settings, result: PassResult) -> None:
 
 
 async def _record(context: Context, result: PassResult) -> None:
+    """Close the run row and prune the run history, in one transaction."""
     values = {k: v for k, v in result.as_dict().items() if k in _RUN_COLUMNS}
     values["end_checkpoint"] = result.checkpoint
+    retention = timedelta(days=context.settings.log_retention_days)
     try:
         async with context.engine.begin() as conn:
             assert result.run_id is not None
+            assert result.ended_at is not None
             await poller_state.finish_run(conn, result.run_id, **values)
+            await poller_state.prune_runs(conn, result.ended_at, retention)
     except Exception:
         log.exception("could not record the poll run")
     level = logging.ERROR if result.error else logging.INFO
@@ -301,45 +348,60 @@ async def _record(context: Context, result: PassResult) -> None:
 _RUN_COLUMNS = {"ended_at", "logs_read", "stored", "error", "warning", "caught_up"}
 
 
-async def run_poller_loop(context: Context, stop: asyncio.Event) -> None:
-    """Run poll passes on POLL_SCHEDULE until stopped; a pass that ran out of time is followed at once."""
+async def run_poller_loop(context: Context, stop: asyncio.Event, *, wait: Wait = wait_or_stop) -> None:
+    """Run poll passes on POLL_SCHEDULE until stopped; a pass that ran out of time is followed at
+    once, and one that a rate limit ended waits for the reset first."""
     schedule = parse_schedule(context.settings.poll_schedule)
     now = datetime.now(UTC)
     next_at = now if schedule.interval is not None else schedule.next_after(now)
     while not stop.is_set():
         delay = (next_at - datetime.now(UTC)).total_seconds()
         if delay > 0:
-            await wait_or_stop(stop, delay)
+            await wait(stop, delay)
             continue
         try:
-            result = await poll_once(context, stop=stop)
+            result = await poll_once(context, stop=stop, wait=wait)
         except Exception:  # e.g. the database is down while taking the lock
             log.exception("poll pass crashed; the next one runs on schedule")
             result = PassResult(ran=False)
         behind = result.ran and result.ok and not result.caught_up
-        next_at = datetime.now(UTC) if behind else schedule.next_after(datetime.now(UTC))
+        now = datetime.now(UTC)
+        next_at = now if behind else schedule.next_after(now)
+        if result.resume_at is not None:
+            next_at = max(next_at, result.resume_at)
 
 
 async def run_poll_command(settings: Settings, *, once: bool) -> int:
     """`logrelay poll [--once]`: 0 when the pass succeeded (or another pass was running), 1 when it
-    failed, 2 when the poller is not configured."""
+    failed, 2 when the poller is not configured. SIGINT/SIGTERM end the pass cleanly in both modes."""
     if not settings.auth0_domain:
         print("logrelay: set AUTH0_DOMAIN, AUTH0_CLIENT_ID and AUTH0_CLIENT_SECRET to poll", file=sys.stderr)
         return 2
     try:
-        async with open_context(settings) as context:
+        async with open_context(settings) as context, _stop_on_signals() as stop:
             if once:
-                return _report_once(await poll_once(context))
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
+                return _report_once(await poll_once(context, stop=stop))
             await run_poller_loop(context, stop)
             return 0
     except Exception as exc:  # e.g. the database does not answer: one clear line, exit 1
         log.exception("poll command failed")
         print(f"logrelay: poll failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+
+
+@contextlib.asynccontextmanager
+async def _stop_on_signals() -> AsyncIterator[asyncio.Event]:
+    """An event SIGINT and SIGTERM set, so that the pass releases its lease and closes its run."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield stop
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
 
 
 def _report_once(result: PassResult) -> int:

@@ -5,6 +5,7 @@ its own connection (PostgreSQL) or its own short transactions (SQLite)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,15 +13,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, insert, or_, select, text, update
+from sqlalchemy import Row, Update, delete, false, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.models import PollerRun, PollerState
+from app.auth0.management import Token, TokenCache, date_of_log_id
+from app.models import LogEvent, PollerRun, PollerState
+
+log = logging.getLogger(__name__)
 
 STATE = "default"
 # pg_try_advisory_lock key: "logrelay" as a 64-bit number.
 ADVISORY_KEY = int.from_bytes(b"logrelay", "big")
+# Run history: the last day always stays (the daily report reads it); older runs go once they are
+# older than LOG_RETENTION_DAYS or beyond the newest KEEP_RUNS.
+KEEP_RUNS = 1000
 
 
 class LeaseLost(Exception):
@@ -73,6 +81,16 @@ async def save_checkpoint(
     result = await conn.execute(statement.values(**values))
     if result.rowcount != 1:
         raise LeaseLost("another poller pass took over the lease; this page was not stored")
+
+
+async def checkpoint_date(conn: AsyncConnection, checkpoint: str | None) -> datetime | None:
+    """When the checkpoint's log was written: from the id itself, else from the stored event."""
+    if checkpoint is None:
+        return None
+    if at := date_of_log_id(checkpoint):
+        return at
+    stored: datetime | None = await conn.scalar(select(LogEvent.date).where(LogEvent.log_id == checkpoint))
+    return stored
 
 
 async def mark_reported(conn: AsyncConnection, at: datetime) -> None:
@@ -156,6 +174,22 @@ async def finish_run(conn: AsyncConnection, run_id: int, **values: object) -> No
     await conn.execute(update(PollerRun).where(PollerRun.id == run_id).values(**values))
 
 
+async def prune_runs(conn: AsyncConnection, now: datetime, retention: timedelta) -> int:
+    """Delete the runs past the history's bound (see KEEP_RUNS); returns how many went."""
+    oldest_kept = await conn.scalar(
+        select(PollerRun.id).order_by(PollerRun.id.desc()).offset(KEEP_RUNS - 1).limit(1)
+    )
+    beyond_newest = PollerRun.id < oldest_kept if oldest_kept is not None else false()
+    day_ago = now - timedelta(days=1)
+    result = await conn.execute(
+        delete(PollerRun).where(
+            PollerRun.started_at < day_ago,
+            or_(PollerRun.started_at < now - retention, beyond_newest),
+        )
+    )
+    return int(result.rowcount)
+
+
 async def last_run(conn: AsyncConnection) -> Row[Any] | None:
     runs = PollerRun.__table__
     return (await conn.execute(select(runs).order_by(runs.c.id.desc()).limit(1))).first()
@@ -168,15 +202,15 @@ async def runs_since(conn: AsyncConnection, since: datetime) -> list[Row[Any]]:
 
 async def describe(conn: AsyncConnection, lag_limit: timedelta) -> dict[str, Any]:
     """The checkpoint, the last run and the lag, as GET /api/poller shows them."""
-    from app.auth0.management import date_of_log_id
-
     state = await load_state(conn)
     run = await last_run(conn)
     checkpoint_at = date_of_log_id(state.checkpoint)
-    if run is not None and run.caught_up:
-        lag: timedelta | None = timedelta(0)
+    now = datetime.now(UTC)
+    if run is not None and run.caught_up and run.ended_at is not None:
+        # Nothing was newer when that run ended, but a poller that has stopped must not look current.
+        lag: timedelta | None = now - run.ended_at
     else:
-        lag = datetime.now(UTC) - checkpoint_at if checkpoint_at else None
+        lag = now - checkpoint_at if checkpoint_at else None
     return {
         "running": await is_pass_running(conn),
         "checkpoint": state.checkpoint,
@@ -199,3 +233,82 @@ async def describe(conn: AsyncConnection, lag_limit: timedelta) -> dict[str, Any
         "lag_seconds": None if lag is None else int(lag.total_seconds()),
         "lag_warning": lag is not None and lag > lag_limit,
     }
+
+
+class SavedTokens:
+    """Management API tokens kept in poller_state, with this process's cache in front: `poll --once`
+    from cron would otherwise fetch one per run (about 43,000 a month at one a minute).
+
+    The database only saves fetches: when it fails, the token lives in memory and the pass goes on.
+    Its errors are logged by class name only, since a SQLAlchemy message carries the parameters."""
+
+    def __init__(self, engine: AsyncEngine, cache: TokenCache) -> None:
+        self._engine = engine
+        self._cache = cache
+
+    async def get(self, key: str) -> Token | None:
+        if token := await self._cache.get(key):
+            return token
+        columns = (
+            PollerState.access_token,
+            PollerState.access_token_expires_at,
+            PollerState.access_token_renew_at,
+        )
+        try:
+            async with self._engine.connect() as conn:
+                row = (
+                    await conn.execute(
+                        select(*columns).where(PollerState.name == STATE, PollerState.access_token_key == key)
+                    )
+                ).first()
+        except SQLAlchemyError as exc:
+            _not_kept(exc)
+            return None
+        if row is None:
+            return None
+        value, expires_at, renew_at = row
+        if value is None or expires_at is None or renew_at is None:
+            return None
+        token = Token(value, expires_at.timestamp(), renew_at.timestamp())
+        await self._cache.put(key, token)
+        return token
+
+    async def put(self, key: str, token: Token) -> None:
+        await self._cache.put(key, token)
+        await self._execute(
+            update(PollerState)
+            .where(PollerState.name == STATE)
+            .values(
+                access_token=token.value,
+                access_token_key=key,
+                access_token_expires_at=datetime.fromtimestamp(token.expires_at, UTC),
+                access_token_renew_at=datetime.fromtimestamp(token.renew_at, UTC),
+            )
+        )
+
+    async def drop(self, key: str) -> None:
+        await self._cache.drop(key)
+        # Only this key's token: another process may have saved one for other credentials since.
+        await self._execute(
+            update(PollerState)
+            .where(PollerState.name == STATE, PollerState.access_token_key == key)
+            .values(
+                access_token=None,
+                access_token_key=None,
+                access_token_expires_at=None,
+                access_token_renew_at=None,
+            )
+        )
+
+    async def _execute(self, statement: Update) -> None:
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(statement)
+        except SQLAlchemyError as exc:
+            _not_kept(exc)
+
+
+def _not_kept(exc: SQLAlchemyError) -> None:
+    log.warning(
+        "the Management API token could not be kept in the database", extra={"reason": type(exc).__name__}
+    )

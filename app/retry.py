@@ -20,11 +20,13 @@ Verdict = Literal["delivered", "retry", "dead"]
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What one POST came to: an HTTP status, or no answer at all (timeout, refused, reset)."""
+    """What one POST came to: an HTTP status, or no answer at all (timeout, refused, reset), or a
+    request that could not be sent at all (`permanent`: a bad URL or header value never heals)."""
 
     status_code: int | None
     error: str | None = None  # a short excerpt of the response body, or the transport error
     retry_after: float | None = None  # seconds the receiver asked us to wait
+    permanent: bool = False
 
     @property
     def is_success(self) -> bool:
@@ -35,7 +37,7 @@ def is_retryable(outcome: Outcome) -> bool:
     """No answer, 408/409/429, 5xx, and a 3xx (redirects are not followed; the URL may be fixed) retry."""
     code = outcome.status_code
     if code is None:
-        return True
+        return not outcome.permanent
     return code in RETRYABLE_4XX or not 400 <= code < 500
 
 

@@ -73,8 +73,7 @@ async def replay(
     if since and until and since >= until:
         raise Unprocessable([{"parameter": "until", "message": "must be later than since"}])
     types = [t.strip() for t in (type or "").split(",") if t.strip()]
-    async with context.engine.begin() as conn:
-        queued = await deliveries.replay(conn, destination_id, since=since, until=until, types=types)
+    queued = await deliveries.replay(context.engine, destination_id, since=since, until=until, types=types)
     return {"queued": queued}
 
 
@@ -82,7 +81,14 @@ async def replay(
 async def retry_dead(destination_id: int, context: ContextDep) -> dict[str, int]:
     """Queue every dead letter of this destination again, with fresh attempts."""
     async with context.engine.begin() as conn:
-        return {"queued": await deliveries.retry_dead(conn, destination_id)}
+        return {"queued": await deliveries.retry_all(conn, destination_id, "dead")}
+
+
+@router.post("/{destination_id}/retry-failed")
+async def retry_failed(destination_id: int, context: ContextDep) -> dict[str, int]:
+    """Send every failed row of this destination again now, with fresh attempts."""
+    async with context.engine.begin() as conn:
+        return {"queued": await deliveries.retry_all(conn, destination_id, "failed")}
 
 
 def _aware(value: datetime | None) -> datetime | None:

@@ -5,18 +5,27 @@ that names the cause and never a secret."""
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
 
+from app.retry import parse_retry_after
+
 # Observed log id format (README 2.1): "900" + YYYYMMDDHHMMSS (UTC) + more digits, 56 in all.
 _ID_DATE = re.compile(r"^900(\d{14})")
-TOKEN_MARGIN_SECONDS = 60.0  # renew this long before the token expires
+# A START_FROM log id: digits, without requiring the observed prefix (lenient with other real ids),
+# but long enough that a typo or a small number is refused.
+_LOG_ID = re.compile(r"\d{20,255}")
+MAX_TAKE = 100  # Auth0 answers at most this many logs a request
+TOKEN_MARGIN_SECONDS = 60.0  # renew this long before a long-lived token expires
+TOKEN_MARGIN_SHARE = 0.1  # ... or this share of its lifetime, when that is shorter
 
 
 class ManagementError(Exception):
@@ -44,11 +53,48 @@ class UnknownCheckpoint(ManagementError):
 
 
 class RateLimited(ManagementError):
-    """HTTP 429: wait until `reset_at` (unix seconds) and ask again."""
+    """HTTP 429: ask again after `reset_at` (unix seconds) and `retry_after` (seconds), when given."""
 
-    def __init__(self, reset_at: float) -> None:
-        super().__init__(f"rate limited until {datetime.fromtimestamp(reset_at, UTC).isoformat()}")
+    def __init__(self, what: str, reset_at: float | None, retry_after: float | None) -> None:
+        super().__init__(f"{what} answered 429")
         self.reset_at = reset_at
+        self.retry_after = retry_after
+
+    @classmethod
+    def of(cls, response: httpx.Response, what: str) -> RateLimited:
+        retry_after = parse_retry_after(response.headers.get("retry-after"), datetime.now(UTC))
+        return cls(what, _reset(response), retry_after)
+
+
+_HOST = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\.?")
+
+
+def normalise_domain(value: str) -> str:
+    """AUTH0_DOMAIN as a bare domain (`tenant.eu.auth0.com`, https implied) or a base URL
+    (`http://127.0.0.1:9000`), trimmed and lower-cased; ValueError for a path, a query or another scheme."""
+    text = value.strip()
+    bare = "://" not in text
+    parts = urlsplit(f"https://{text}" if bare else text)
+    example = "use a domain such as tenant.eu.auth0.com or a base URL such as https://tenant.eu.auth0.com"
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError(f"{value!r} is not an http(s) address: {example}")
+    if parts.path.strip("/"):
+        raise ValueError(f"{value!r} has the path {parts.path!r}: {example}, without /api/v2")
+    if parts.query or parts.fragment or "@" in parts.netloc:
+        raise ValueError(f"{value!r} has a query, a fragment or a user name: {example}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{value!r} has an invalid port: {example}") from None
+    host = (parts.hostname or "").lower()
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            host = f"[{host}]"
+    except ValueError:
+        if not _HOST.fullmatch(host):
+            raise ValueError(f"{value!r} has no valid host name: {example}") from None
+    netloc = host if port is None else f"{host}:{port}"
+    return netloc if bare else f"{parts.scheme.lower()}://{netloc}"
 
 
 def log_id_at(moment: datetime) -> str:
@@ -68,7 +114,8 @@ def date_of_log_id(log_id: str | None) -> datetime | None:
 
 
 def start_checkpoint(start_from: str) -> str:
-    """START_FROM as a checkpoint: an ISO date/time becomes a log id prefix; anything else is a log id."""
+    """START_FROM as a checkpoint: an ISO date/time becomes a log id prefix; a log id stays as it is.
+    ValueError for anything else."""
     text = start_from.strip()
     if re.fullmatch(r"\d{4}-\d{2}-\d{2}([T ].*)?", text):
         try:
@@ -76,6 +123,12 @@ def start_checkpoint(start_from: str) -> str:
         except ValueError as exc:
             raise ValueError(f"START_FROM {text!r} is not a valid ISO date/time: {exc}") from None
         return log_id_at(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+    if not _LOG_ID.fullmatch(text):
+        raise ValueError(
+            f"START_FROM {text!r} is neither an Auth0 log id (digits, such as "
+            "90020240308035328208838000000000000001223372052034940964) nor an ISO date/time "
+            "(2026-11-01 or 2026-11-01T08:30:00Z)"
+        )
     return text
 
 
@@ -95,27 +148,54 @@ class LogsPage:
     rate: RateLimit = field(default_factory=RateLimit)
 
 
-@dataclass(slots=True)
-class _Token:
+def renew_margin(expires_in: float) -> float:
+    """How long before expiry a token is renewed: a minute, or a tenth of a shorter lifetime (a
+    60-second token would otherwise never be reused)."""
+    return min(TOKEN_MARGIN_SECONDS, max(expires_in, 0.0) * TOKEN_MARGIN_SHARE)
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
     value: str
-    expires_at: float  # monotonic
+    expires_at: float  # unix seconds, as Auth0 said
+    renew_at: float  # unix seconds: from here on a new one is fetched
+
+    @classmethod
+    def issued(cls, value: str, expires_in: float, now: float) -> Token:
+        return cls(value, now + expires_in, now + expires_in - renew_margin(expires_in))
+
+    def is_fresh(self, now: float) -> bool:
+        return now < self.renew_at
+
+    def __repr__(self) -> str:  # never the bearer token itself
+        return f"Token(expires_at={self.expires_at}, renew_at={self.renew_at})"
+
+
+class TokenStore(Protocol):
+    """Where tokens are kept by key (a digest of base URL, client id and secret): each fetch costs a
+    rate-limited call, counts against the plan's monthly M2M token quota and writes a `seccft` log."""
+
+    async def get(self, key: str) -> Token | None: ...
+
+    async def put(self, key: str, token: Token) -> None: ...
+
+    async def drop(self, key: str) -> None: ...
 
 
 class TokenCache:
-    """Tokens by (base URL, client id, secret digest), shared by every pass of this process: each
-    fetch costs a rate-limited call and writes a `seccft` log in the tenant."""
+    """Tokens in this process's memory, shared by all its passes."""
 
     def __init__(self) -> None:
-        self._tokens: dict[tuple[str, str, str], _Token] = {}
+        self._tokens: dict[str, Token] = {}
 
-    def get(self, key: tuple[str, str, str]) -> str | None:
+    async def get(self, key: str) -> Token | None:
         token = self._tokens.get(key)
-        return token.value if token and token.expires_at > time.monotonic() else None
+        return token if token and token.is_fresh(time.time()) else None
 
-    def put(self, key: tuple[str, str, str], value: str, expires_in: float) -> None:
-        self._tokens[key] = _Token(value, time.monotonic() + max(expires_in - TOKEN_MARGIN_SECONDS, 0))
+    async def put(self, key: str, token: Token) -> None:
+        self._tokens[key] = token
 
-    def drop(self, key: tuple[str, str, str]) -> None:
+    async def drop(self, key: str) -> None:
         self._tokens.pop(key, None)
 
     def clear(self) -> None:
@@ -123,6 +203,11 @@ class TokenCache:
 
 
 TOKENS = TokenCache()
+
+
+def token_key(base_url: str, client_id: str, client_secret: str) -> str:
+    """The secret's digest is in the key: new credentials (or another tenant) never reuse an old token."""
+    return hashlib.sha256("\0".join((base_url.rstrip("/"), client_id, client_secret)).encode()).hexdigest()
 
 
 class ManagementClient:
@@ -133,7 +218,7 @@ class ManagementClient:
         client_id: str,
         client_secret: str,
         *,
-        tokens: TokenCache = TOKENS,
+        tokens: TokenStore = TOKENS,
         timeout: float = 30.0,
     ) -> None:
         self._http = http
@@ -141,8 +226,7 @@ class ManagementClient:
         self._client_id = client_id
         self._secret = client_secret
         self._tokens = tokens
-        # The secret's digest is in the key: new credentials never reuse an old token.
-        self._key = (self._base, client_id, hashlib.sha256(client_secret.encode()).hexdigest())
+        self._key = token_key(self._base, client_id, client_secret)
         self._timeout = timeout
 
     async def get_logs(self, checkpoint: str | None, take: int) -> LogsPage:
@@ -154,13 +238,13 @@ class ManagementClient:
             params = {"from": checkpoint, "take": take}
         response = await self._get_with_token("/api/v2/logs", params)
         if response.status_code == 429:
-            raise RateLimited(_reset(response) or time.time() + 1)
+            raise RateLimited.of(response, "GET /api/v2/logs")
         if response.status_code == 400 and checkpoint is not None:
             raise UnknownCheckpoint(
                 f"Auth0 does not know the checkpoint {checkpoint} (400: {_auth0_message(response)})"
             )
         if response.status_code == 403:
-            self._tokens.drop(self._key)
+            await self._tokens.drop(self._key)
             raise BadAnswer(
                 f"Auth0 refused to list logs (403: {_auth0_message(response)}); the client "
                 "needs the read:logs scope on the Management API"
@@ -184,12 +268,13 @@ class ManagementClient:
             )
             if response.status_code != 401 or attempt == 2:
                 return response
-            self._tokens.drop(self._key)  # expired or revoked early: fetch a new one once
+            await self._tokens.drop(self._key)  # expired or revoked early: fetch a new one once
         raise AssertionError("unreachable")
 
     async def _token(self) -> str:
-        if token := self._tokens.get(self._key):
-            return token
+        token = await self._tokens.get(self._key)
+        if token is not None and token.is_fresh(time.time()):
+            return token.value
         body = {
             "grant_type": "client_credentials",
             "client_id": self._client_id,
@@ -197,10 +282,18 @@ class ManagementClient:
             "audience": f"{self._base}/api/v2/",
         }
         response = await self._request("POST", "/oauth/token", json=body)
-        if response.status_code in (401, 403):
+        if response.status_code == 429:
+            raise RateLimited.of(response, "POST /oauth/token")
+        if response.status_code == 401:
             raise CredentialsRejected(
                 f"Auth0 refused the client credentials of AUTH0_CLIENT_ID {self._client_id!r} "
-                f"({response.status_code}: {_auth0_message(response)})"
+                f"(401: {_auth0_message(response)})"
+            )
+        if response.status_code == 403:
+            raise CredentialsRejected(
+                f"Auth0 refused the client-credentials grant of AUTH0_CLIENT_ID {self._client_id!r} "
+                f"(403: {_auth0_message(response)}); the application must be authorised for the "
+                f"Management API, audience {self._base}/api/v2/"
             )
         if response.status_code != 200:
             error = ServerError if response.status_code >= 500 else BadAnswer
@@ -210,9 +303,8 @@ class ManagementClient:
         if not isinstance(value, str) or not value:
             raise BadAnswer("POST /oauth/token answered without an access_token")
         expires_in = answer.get("expires_in") if isinstance(answer, dict) else None
-        self._tokens.put(
-            self._key, value, float(expires_in) if isinstance(expires_in, int | float) else 3600.0
-        )
+        lifetime = float(expires_in) if isinstance(expires_in, int | float) else 3600.0
+        await self._tokens.put(self._key, Token.issued(value, lifetime, time.time()))
         return value
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

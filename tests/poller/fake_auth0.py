@@ -61,9 +61,13 @@ class FakeAuth0:
     client_id: str = CLIENT_ID
     client_secret: str = CLIENT_SECRET
     token_expires_in: int = 86400
+    grant_refused: bool = False  # the application is not authorised for the Management API: 403
     rate_limit: int | None = None  # logs requests per window; None: unlimited (headers still sent)
     window: float = 1.0
     force_429: set[int] = field(default_factory=set)  # logs request numbers (1-based) answered 429
+    token_429: set[int] = field(default_factory=set)  # token request numbers (1-based) answered 429
+    reset_in: float | None = None  # a 429's x-ratelimit-reset, seconds from now (< 0: already past)
+    retry_after: int | None = None  # a 429's Retry-After, seconds
     not_json: set[int] = field(default_factory=set)  # ... answered 200 with an HTML body
     drop: set[int] = field(default_factory=set)  # ... whose connection breaks mid-answer
     drop_from: int | None = None  # every request from this one on breaks (until set to None)
@@ -98,11 +102,18 @@ class FakeAuth0:
 
     async def _token(self, request: Request) -> Response:
         self.token_requests += 1
+        if self.token_requests in self.token_429:
+            body = {"error": "too_many_requests", "error_description": "Global limit has been reached"}
+            return JSONResponse(body, 429, headers=self._limited_headers({}))
         body = orjson.loads(await request.body())
         base = f"{request.url.scheme}://{request.url.netloc}"
         if body.get("client_id") != self.client_id or body.get("client_secret") != self.client_secret:
             return JSONResponse({"error": "access_denied", "error_description": "Unauthorized"}, 401)
-        if body.get("grant_type") != "client_credentials" or body.get("audience") != f"{base}/api/v2/":
+        if (
+            self.grant_refused
+            or body.get("grant_type") != "client_credentials"
+            or body.get("audience") != f"{base}/api/v2/"
+        ):
             return JSONResponse(
                 {"error": "invalid_request", "error_description": "bad grant or audience"}, 403
             )
@@ -125,7 +136,8 @@ class FakeAuth0:
             return JSONResponse({"statusCode": 401, "error": "Unauthorized", "message": "Invalid token"}, 401)
         headers = self._rate_headers()
         if number in self.force_429 or headers.pop("over", None):
-            return JSONResponse({"statusCode": 429, "message": "Too Many Requests"}, 429, headers=headers)
+            body = {"statusCode": 429, "message": "Too Many Requests"}
+            return JSONResponse(body, 429, headers=self._limited_headers(headers))
         if number in self.drop or (self.drop_from is not None and number >= self.drop_from):
             return StreamingResponse(_broken_body(), media_type="application/json", headers=headers)
         if number in self.not_json:
@@ -177,6 +189,14 @@ class FakeAuth0:
         }
         if self.rate_limit is not None and self._window_count > self.rate_limit:
             headers["over"] = "1"
+        return headers
+
+    def _limited_headers(self, headers: dict[str, str]) -> dict[str, str]:
+        """A 429's headers: `reset_in` and `retry_after` override the window's."""
+        if self.reset_in is not None:
+            headers["x-ratelimit-reset"] = f"{time.time() + self.reset_in:.0f}"
+        if self.retry_after is not None:
+            headers["retry-after"] = str(self.retry_after)
         return headers
 
 

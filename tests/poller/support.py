@@ -1,13 +1,25 @@
-"""What the poller tests read back from the store."""
+"""What the poller tests read back from the store, a pause that only records, and `logrelay poll
+--once` as a real process."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.config import Settings
 from app.models import LogEvent, PollerState
+from tests.poller.fake_auth0 import CLIENT_ID, CLIENT_SECRET
+
+LOGRELAY = str(Path(sys.executable).parent / "logrelay")
 
 
 async def stored_ids(engine: AsyncEngine) -> list[str]:
@@ -22,3 +34,91 @@ async def checkpoint(engine: AsyncEngine) -> str | None:
 
 def ids(items: list[dict[str, Any]]) -> list[str]:
     return [item["_id"] for item in items]
+
+
+@asynccontextmanager
+async def failing_write(engine: AsyncEngine, event: str, table: str, condition: str) -> AsyncIterator[None]:
+    """A trigger that makes an INSERT or UPDATE on `table` fail where `condition` (on NEW) holds, as a
+    full disk or a broken row would."""
+    async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            await conn.execute(
+                text(
+                    "CREATE FUNCTION fail_write() RETURNS trigger AS $$ BEGIN "
+                    f"IF {condition} THEN RAISE EXCEPTION 'simulated store failure'; END IF; "
+                    "RETURN NEW; END $$ LANGUAGE plpgsql"
+                )
+            )
+            await conn.execute(
+                text(
+                    f"CREATE TRIGGER fail_write BEFORE {event} ON {table} "
+                    "FOR EACH ROW EXECUTE FUNCTION fail_write()"
+                )
+            )
+        else:
+            await conn.execute(
+                text(
+                    f"CREATE TRIGGER fail_write BEFORE {event} ON {table} WHEN {condition} "
+                    "BEGIN SELECT RAISE(ABORT, 'simulated store failure'); END"
+                )
+            )
+    try:
+        yield
+    finally:
+        async with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                await conn.execute(text(f"DROP TRIGGER fail_write ON {table}"))
+                await conn.execute(text("DROP FUNCTION fail_write()"))
+            else:
+                await conn.execute(text("DROP TRIGGER fail_write"))
+
+
+@dataclass
+class Pauses:
+    """A poller `wait` that records the seconds asked for and returns at once (nothing sleeps), and
+    sets the stop event after `stop_after` pauses."""
+
+    seconds: list[float] = field(default_factory=list)
+    stop_after: int | None = None
+
+    async def __call__(self, stop: asyncio.Event, seconds: float) -> None:
+        self.seconds.append(seconds)
+        if self.stop_after is not None and len(self.seconds) >= self.stop_after:
+            stop.set()
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(1500):  # a bound on waiting, not a timing assertion
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+async def start_poll_once(settings: Settings, cwd: Path, **env: str) -> asyncio.subprocess.Process:
+    """`logrelay poll --once` against the test's database and fake Auth0, with only these settings."""
+    values = {
+        "PATH": os.environ.get("PATH", ""),
+        "DATABASE_URL": settings.database_url,
+        "DATA_DIR": str(cwd / "cli"),
+        "AUTH0_DOMAIN": str(settings.auth0_domain),
+        "AUTH0_CLIENT_ID": CLIENT_ID,
+        "AUTH0_CLIENT_SECRET": CLIENT_SECRET,
+    }
+    return await asyncio.create_subprocess_exec(
+        LOGRELAY,
+        "poll",
+        "--once",
+        env=values | env,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def run_poll_once(settings: Settings, cwd: Path, **env: str) -> tuple[int, bytes, bytes]:
+    """(exit code, stdout, stderr) of one `logrelay poll --once` run to its end."""
+    process = await start_poll_once(settings, cwd, **env)
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out, err

@@ -5,59 +5,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.models import LogEvent, PollerRun
 from app.poller import poll_once
-from tests.poller.fake_auth0 import CLIENT_SECRET, FakeAuth0, make_logs
-from tests.poller.support import checkpoint, ids, stored_ids
+from tests.poller.fake_auth0 import CLIENT_SECRET, FakeAuth0, Receiver, make_logs
+from tests.poller.support import checkpoint, failing_write, ids, stored_ids
 
 # Every test reads in checkpoint mode from the start, so pages are items[0:10], items[10:20], ...
 BEFORE_ALL = "2026-01-01"
-
-
-@asynccontextmanager
-async def failing_insert(engine: AsyncEngine, log_id: str) -> AsyncIterator[None]:
-    """A database trigger that makes storing `log_id` fail, as a full disk or a broken row would."""
-    async with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            await conn.execute(
-                text(
-                    "CREATE FUNCTION fail_store() RETURNS trigger AS $$ BEGIN "
-                    f"IF NEW.log_id = '{log_id}' THEN RAISE EXCEPTION 'simulated store failure'; END IF; "
-                    "RETURN NEW; END $$ LANGUAGE plpgsql"
-                )
-            )
-            await conn.execute(
-                text(
-                    "CREATE TRIGGER fail_store BEFORE INSERT ON log_events "
-                    "FOR EACH ROW EXECUTE FUNCTION fail_store()"
-                )
-            )
-        else:
-            await conn.execute(
-                text(
-                    f"CREATE TRIGGER fail_store BEFORE INSERT ON log_events WHEN NEW.log_id = '{log_id}' "
-                    "BEGIN SELECT RAISE(ABORT, 'simulated store failure'); END"
-                )
-            )
-    try:
-        yield
-    finally:
-        async with engine.begin() as conn:
-            if engine.dialect.name == "postgresql":
-                await conn.execute(text("DROP TRIGGER fail_store ON log_events"))
-                await conn.execute(text("DROP FUNCTION fail_store()"))
-            else:
-                await conn.execute(text("DROP TRIGGER fail_store"))
 
 
 async def test_a_store_failure_mid_run_never_moves_the_checkpoint_past_unstored_logs(
@@ -66,7 +29,7 @@ async def test_a_store_failure_mid_run_never_moves_the_checkpoint_past_unstored_
     items = make_logs(30)
     fake.add(items)
     async with context_for(poller_settings(start_from=BEFORE_ALL)) as context:
-        async with failing_insert(engine, items[24]["_id"]):
+        async with failing_write(engine, "INSERT", "log_events", f"NEW.log_id = '{items[24]['_id']}'"):
             failed = await poll_once(context)
             assert failed.error
             assert "simulated store failure" in failed.error
@@ -122,6 +85,19 @@ async def test_wrong_credentials_fail_the_pass_with_a_clear_error(
     assert await stored_ids(engine) == []
     async with engine.connect() as conn:
         assert await conn.scalar(select(PollerRun.error)) == result.error
+
+
+async def test_a_refused_grant_is_not_called_wrong_credentials(
+    fake: FakeAuth0, poller_settings: Callable[..., Settings], context_for: Any
+) -> None:
+    fake.grant_refused = True
+    async with context_for(poller_settings()) as context:
+        result = await poll_once(context)
+    assert result.error is not None
+    assert "refused the client-credentials grant" in result.error
+    assert "(403: bad grant or audience)" in result.error
+    assert f"audience {context.settings.auth0_base_url}/api/v2/" in result.error
+    assert "client credentials of" not in result.error
 
 
 async def test_an_unknown_domain_is_a_connection_error(
@@ -196,6 +172,53 @@ async def test_a_checkpoint_auth0_no_longer_knows_restarts_from_the_oldest_log_l
     assert await stored_ids(engine) == ids(items[:20] + items[25:])
 
 
+@pytest.mark.parametrize("id_has_date", [True, False])
+async def test_a_checkpoint_older_than_the_retention_warns_loudly_even_when_auth0_answers(
+    fake: FakeAuth0,
+    poller_settings: Callable[..., Settings],
+    context_for: Any,
+    engine: AsyncEngine,
+    slack: Receiver,
+    slack_url: str,
+    caplog: pytest.LogCaptureFixture,
+    id_has_date: bool,
+) -> None:
+    aged = make_logs(3, start=datetime.now(UTC) - timedelta(days=40))
+    if not id_has_date:  # an id of another shape: the date comes from the stored event
+        for n, item in enumerate(aged, start=1):
+            item["_id"] = item["log_id"] = f"{n:030d}"
+    recent = make_logs(10, first=4)
+    fake.add(aged)
+    settings = poller_settings(
+        log_retention_days=30, slack_incoming_webhook_url=slack_url, daily_report_time=23
+    )
+    async with context_for(settings) as context:
+        first = await poll_once(context)  # no checkpoint yet: the oldest retained logs, nothing lost
+        assert first.ok
+        assert not first.warnings
+        assert await checkpoint(engine) == aged[-1]["_id"]
+        # The poller then stopped for 40 days; Auth0 deleted what it kept no longer, and still answers
+        # `from=` that checkpoint (no 400) with the logs after it.
+        fake.add(recent)
+        with caplog.at_level(logging.ERROR, logger="app.poller"):
+            result = await poll_once(context)
+    assert result.ok
+    assert result.stored == 10
+    assert result.alert
+    [warning] = result.warnings
+    assert f"the checkpoint {aged[-1]['_id']} dates from " in warning
+    assert "older than the 30-day log retention" in warning
+    assert "may have been lost" in warning
+    assert any("older than the log retention" in r.getMessage() for r in caplog.records)
+    async with engine.connect() as conn:
+        assert await conn.scalar(select(PollerRun.warning).where(PollerRun.id == result.run_id)) == warning
+    [report] = [b for b in slack.bodies() if "Daily" not in b["attachments"][0]["text"]]
+    assert report["attachments"][0]["color"] == "#d13f42"
+    assert "may have been lost" in next(
+        f["value"] for f in report["attachments"][0]["fields"] if f["title"] == "Warning"
+    )
+
+
 async def test_a_network_failure_mid_run_fails_the_pass_and_the_next_one_goes_on(
     fake: FakeAuth0, poller_settings: Callable[..., Settings], context_for: Any, engine: AsyncEngine
 ) -> None:
@@ -222,13 +245,15 @@ async def test_lag_beyond_the_retention_share_warns_loudly(
     fake.add(items)
     stop = asyncio.Event()
     fake.on_logs_request = lambda n: stop.set() if n == 1 else None  # the pass ends after one page
-    settings = poller_settings(start_from=BEFORE_ALL, log_retention_days=30, lag_warn_share=0.5)
+    start_from = (datetime.now(UTC) - timedelta(days=21)).date().isoformat()  # within the retention
+    settings = poller_settings(start_from=start_from, log_retention_days=30, lag_warn_share=0.5)
     async with context_for(settings) as context:
         behind = await poll_once(context, stop=stop)
         caught_up = await poll_once(context)
     assert behind.ok
     assert not behind.caught_up
     assert behind.alert
+    assert behind.warnings == [behind.warnings[0]]
     assert "trails real time by 20.0 days" in behind.warnings[0]
     # A pass that reads to the end has no lag, however old the last log is (a quiet tenant).
     assert caught_up.ok

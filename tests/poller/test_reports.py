@@ -78,7 +78,7 @@ async def test_the_daily_summary_is_sent_once_a_day(
     assert (username, emoji, color) == ("logrelay", ":rocket:", "#7cd197")
     assert text.endswith("Daily Report")
     assert titles == shape(SHAPES["daily_report"])[4]
-    assert fields(daily)["Logs processed"] == 7 + 6  # the first page is read twice (by date, then by id)
+    assert fields(daily)["Logs processed"] == 7  # each log once, though the first page is read twice
     assert (fields(daily)["Errors"], fields(daily)["Warnings"]) == (0, 0)
     assert fields(daily)["Next checkpoint"] == fake.logs[-1]["_id"]
 
@@ -96,8 +96,8 @@ async def test_a_lag_warning_reaches_slack_even_on_success(
     settings = poller_settings(
         slack_incoming_webhook_url=slack_url,
         daily_report_time=23,
-        log_retention_days=1,
-        start_from="2026-01-01",
+        log_retention_days=5,  # lag 3 days > 0.5 of it; the START_FROM is still within it
+        start_from=(datetime.now(UTC) - timedelta(days=4)).date().isoformat(),
     )
     async with context_for(settings) as context:
         result = await poll_once(context, stop=stop)
@@ -106,6 +106,7 @@ async def test_a_lag_warning_reaches_slack_even_on_success(
     [message] = [b for b in slack.bodies() if "Daily" not in b["attachments"][0]["text"]]
     assert message["attachments"][0]["color"] == "#d13f42"
     assert "trails real time" in fields(message)["Warning"]
+    assert "retention: logs between" not in fields(message)["Warning"]
 
 
 def test_daily_report_is_due_at_or_after_the_hour_once_per_day() -> None:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
+import signal
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,16 +13,17 @@ import httpx
 import orjson
 import pytest
 from pydantic import ValidationError
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
-from app.models import LogEvent, PollerState
+from app.models import LogEvent, PollerRun, PollerState
 from app.poller import poll_once, run_poll_command
-from app.poller_state import is_pass_running
+from app.poller_state import KEEP_RUNS, is_pass_running
 from app.schedule import parse_schedule
 from tests.conftest import ADMIN_TOKEN, READ_TOKEN, bearer, is_postgres
-from tests.poller.fake_auth0 import CLIENT_ID, CLIENT_SECRET, FakeAuth0, make_logs
+from tests.poller.fake_auth0 import FakeAuth0, make_logs
+from tests.poller.support import run_poll_once, start_poll_once, until
 
 
 async def count(engine: AsyncEngine) -> int:
@@ -112,10 +112,13 @@ async def test_the_api_shows_the_poller_and_an_admin_runs_a_pass(
     assert status["checkpoint_date"].startswith(items[-1]["date"][:19])
     assert status["last_run"]["stored"] == 15
     assert status["last_run"]["caught_up"]
-    assert status["lag_seconds"] == 0
+    assert 0 <= status["lag_seconds"] < 3600  # the time since that run ended
     assert not status["lag_warning"]
     assert not status["running"]
     assert status["schedule"] == "5m"
+    [token] = fake.tokens  # kept in the database, never shown
+    assert token not in ran.text
+    assert token not in str(status)
 
 
 async def test_running_a_pass_without_auth0_settings_is_a_conflict(
@@ -164,35 +167,10 @@ async def test_logrelay_poll_once_as_a_process(
 ) -> None:
     fake.add(make_logs(6))
     settings = poller_settings()
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "DATABASE_URL": settings.database_url,
-        "DATA_DIR": str(tmp_path / "cli"),
-        "AUTH0_DOMAIN": str(settings.auth0_domain),
-        "AUTH0_CLIENT_ID": CLIENT_ID,
-        "AUTH0_CLIENT_SECRET": CLIENT_SECRET,
-        "BATCH_SIZE": "4",
-    }
-    logrelay = str(Path(sys.executable).parent / "logrelay")
-
-    async def run(**extra: str) -> tuple[int, bytes]:
-        process = await asyncio.create_subprocess_exec(
-            logrelay,
-            "poll",
-            "--once",
-            env=env | extra,
-            cwd=tmp_path,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, _ = await process.communicate()
-        assert process.returncode is not None
-        return process.returncode, out
-
-    code, out = await run()
+    code, out, _ = await run_poll_once(settings, tmp_path, BATCH_SIZE="4")
     assert code == 0
     assert orjson.loads(out)["stored"] == 6
-    code, _ = await run(AUTH0_CLIENT_SECRET="wrong")
+    code, _, _ = await run_poll_once(settings, tmp_path, AUTH0_CLIENT_SECRET="wrong")
     assert code == 1
     assert await count(engine) == 6
 
@@ -223,3 +201,68 @@ async def test_a_pass_that_lost_its_sqlite_lease_cannot_move_the_checkpoint(
     assert await count(engine) == 30
     async with engine.connect() as conn:
         assert await conn.scalar(select(PollerState.checkpoint)) == items[-1]["_id"]
+
+
+async def test_the_lag_of_a_poller_that_stopped_after_catching_up_grows(
+    fake: FakeAuth0, poller_settings: Callable[..., Settings], start_server: Any, engine: AsyncEngine
+) -> None:
+    fake.add(make_logs(5))
+    server = await start_server(poller_settings())
+    async with httpx.AsyncClient(base_url=server.base_url) as client:
+        ran = await client.post("/api/poller/run", headers=bearer(ADMIN_TOKEN))
+        assert ran.json()["caught_up"]
+        # That pass caught up, and no pass has run since: 20 days.
+        twenty_days_ago = datetime.now(UTC) - timedelta(days=20)
+        async with engine.begin() as conn:
+            await conn.execute(update(PollerRun).values(started_at=twenty_days_ago, ended_at=twenty_days_ago))
+        status = (await client.get("/api/poller", headers=bearer(READ_TOKEN))).json()
+    assert status["last_run"]["caught_up"]
+    assert status["lag_seconds"] >= 20 * 86400
+    assert status["lag_warning"]
+
+
+async def test_sigterm_ends_poll_once_cleanly(
+    fake: FakeAuth0, poller_settings: Callable[..., Settings], engine: AsyncEngine, tmp_path: Path
+) -> None:
+    fake.add(make_logs(5))
+    fake.force_429, fake.retry_after = {1}, 120  # the pass waits two minutes inside its first request
+    settings = poller_settings()
+    process = await start_poll_once(settings, tmp_path)
+    await until(lambda: bool(fake.log_requests), "the first logs request")
+    process.send_signal(signal.SIGTERM)  # as `timeout` or a systemd stop would
+    out, err = await process.communicate()
+    assert process.returncode == 0, err
+    stopped = orjson.loads(out)
+    assert stopped["ran"]
+    assert stopped["error"] is None
+    assert not stopped["caught_up"]
+    async with engine.connect() as conn:
+        lease = (await conn.execute(select(PollerState.lease_owner, PollerState.lease_until))).one()
+        ended = list(await conn.scalars(select(PollerRun.ended_at)))
+    assert tuple(lease) == (None, None)
+    assert len(ended) == 1
+    assert ended[0] is not None
+    code, out, err = await run_poll_once(settings, tmp_path)  # the next cron run is not locked out
+    assert code == 0, err
+    assert orjson.loads(out)["stored"] == 5
+
+
+async def test_the_run_history_is_pruned_when_a_run_closes(
+    fake: FakeAuth0, poller_settings: Callable[..., Settings], context_for: Any, engine: AsyncEngine
+) -> None:
+    now = datetime.now(UTC)
+    old, two_days, recent = now - timedelta(days=40), now - timedelta(days=2), now - timedelta(hours=1)
+    rows = [(old, 5), (two_days, 1100), (recent, KEEP_RUNS + 10)]
+    async with engine.begin() as conn:
+        for started_at, n in rows:
+            values = {"started_at": started_at, "ended_at": started_at, "logs_read": 0, "stored": 0}
+            await conn.execute(insert(PollerRun), [values | {"caught_up": True}] * n)
+    async with context_for(poller_settings(log_retention_days=30)) as context:
+        result = await poll_once(context)
+    assert result.ok
+    async with engine.connect() as conn:
+        kept = list(await conn.scalars(select(PollerRun.started_at)))
+    # Older than the retention: gone. Older than a day and beyond the newest KEEP_RUNS: gone. The
+    # last day stays whole (the daily report reads it), and so does the run that just closed.
+    assert len(kept) == KEEP_RUNS + 10 + 1
+    assert min(kept) >= now - timedelta(days=1)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -10,6 +11,7 @@ import httpx
 import pytest
 
 from app.config import Settings
+from app.observability import quiet_secret_loggers
 from tests.conftest import ADMIN_TOKEN, LiveServer, auth
 from tests.factories import make_stream_body
 from tests.relay.receiver import Receiver
@@ -23,6 +25,9 @@ FAST = {
     "delivery_poll_interval": 0.02,
     "delivery_timeout": 5.0,
 }
+# A destination that fails stays backed off for the whole test: `@pytest.mark.parametrize("relay",
+# [SLOW_BACKOFF], indirect=True)`.
+SLOW_BACKOFF = {"delivery_backoff_base": 600.0, "delivery_backoff_max": 600.0}
 
 
 @pytest.fixture
@@ -34,6 +39,18 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 @pytest.fixture
+def service_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """Every record at the levels the service logs at, with our own loggers at DEBUG."""
+    floors = {name: logging.getLogger(name).level for name in ("aiosqlite", "httpx", "httpcore", "asyncpg")}
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG, logger="app")
+    quiet_secret_loggers()
+    yield caplog
+    for name, level in floors.items():
+        logging.getLogger(name).setLevel(level)
+
+
+@pytest.fixture
 def relay_settings(make_settings: Callable[..., Settings]) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
         return make_settings(**(FAST | overrides))
@@ -42,9 +59,12 @@ def relay_settings(make_settings: Callable[..., Settings]) -> Callable[..., Sett
 
 
 @pytest.fixture
-async def relay(relay_settings: Callable[..., Settings], start_server: Callable[..., Any]) -> LiveServer:
-    """The app with fast delivery settings; its workers are off, so tests drive delivery."""
-    server: LiveServer = await start_server(relay_settings())
+async def relay(
+    request: pytest.FixtureRequest, relay_settings: Callable[..., Settings], start_server: Callable[..., Any]
+) -> LiveServer:
+    """The app with fast delivery settings, or with those an indirect parameter gives (SLOW_BACKOFF);
+    its workers are off, so tests drive delivery."""
+    server: LiveServer = await start_server(relay_settings(**getattr(request, "param", {})))
     return server
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr, ValidationError, field_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -15,6 +16,7 @@ from app.config import Settings
 from app.delivery import deliver_once
 from app.destinations import DestinationSpec, env_destination_specs, sync_env_destinations
 from app.models import Destination
+from app.payloads import check_authorization_setting, check_signing_secret_setting
 from tests.conftest import READ_TOKEN, LiveServer
 from tests.factories import make_event
 from tests.relay.conftest import add_destination, ingest
@@ -61,6 +63,16 @@ async def test_default_filter_is_failures(api: httpx.AsyncClient) -> None:
         ({"url": "file:///etc/passwd"}, "url"),
         ({"url": "example.com/hook"}, "url"),
         ({"url": "http://"}, "url"),
+        ({"url": "http://hooks.example.com:abc/"}, "url"),
+        ({"url": "http://hooks.example.com:99999/"}, "url"),
+        ({"url": "http://:80/hook"}, "url"),
+        ({"url": "http://hooks\u00a0example.com/"}, "url"),
+        ({"url": "https://hooks.example.com/in\n"}, "url"),
+        ({"authorization": "Bearer café"}, "authorization"),
+        ({"authorization": "Bearer a\r\nX-Evil: 1"}, "authorization"),
+        ({"authorization": "Bearer trailing-space "}, "authorization"),
+        ({"authorization": " Bearer leading-space"}, "authorization"),
+        ({"authorization": "Bearer tab\there"}, "authorization"),
         ({"types": ["nope"]}, "types"),
         ({"categories": ["failures"]}, "categories"),
         ({"payload": "xml"}, "payload"),
@@ -79,6 +91,8 @@ async def test_bad_fields_are_refused_with_422(
     assert response.status_code == 422, response.text
     assert response.json()["error"] == "invalid_request"
     assert parameter in {p["parameter"] for p in response.json()["detail"]}
+    if parameter == "authorization":  # the answer names the field, never the value
+        assert fields["authorization"].split()[-1] not in response.text
     assert (await api.get("/api/destinations")).json() == []
 
 
@@ -86,9 +100,63 @@ async def test_patch_validates_too(api: httpx.AsyncClient) -> None:
     created = await add_destination(api, "https://example.com/hook")
     response = await api.patch(f"/api/destinations/{created['id']}", json={"url": "gopher://x"})
     assert response.status_code == 422
-    response = await api.patch(f"/api/destinations/{created['id']}", json={"url": None})
+    response = await api.patch(f"/api/destinations/{created['id']}", json={"authorization": "Bearer x\n"})
     assert response.status_code == 422
     assert (await api.patch("/api/destinations/999", json={"enabled": False})).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "field", ["name", "url", "kind", "payload", "send_as_batch", "batch_size", "concurrent_calls", "enabled"]
+)
+async def test_patch_refuses_null_for_a_field_that_needs_a_value(api: httpx.AsyncClient, field: str) -> None:
+    created = await add_destination(api, "https://example.com/hook")
+    response = await api.patch(f"/api/destinations/{created['id']}", json={field: None})
+    assert response.status_code == 422, response.text
+    assert response.json() == {
+        "error": "invalid_request",
+        "detail": [{"parameter": field, "message": "may not be null"}],
+    }
+    assert (await api.get(f"/api/destinations/{created['id']}")).json()["enabled"] is True
+
+
+async def test_patch_null_clears_secrets_and_filters(api: httpx.AsyncClient) -> None:
+    created = await add_destination(api, "https://example.com/hook", authorization="Bearer x", types=["f"])
+    body = {"authorization": None, "types": None, "categories": None, "api_endpoints": None}
+    cleared = await api.patch(f"/api/destinations/{created['id']}", json=body)
+    assert cleared.status_code == 200, cleared.text
+    assert (cleared.json()["has_authorization"], cleared.json()["types"], cleared.json()["categories"]) == (
+        False,
+        [],
+        [],
+    )
+
+
+async def test_credentials_in_a_url_are_masked(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver, service_logs: pytest.LogCaptureFixture
+) -> None:
+    url = "https://alice:s3cr3t-pass@hooks.example.com/in?token=abc123secret&v=1#frag"
+    shown = "https://***@hooks.example.com/in?token=***&v=***#***"
+    created = await add_destination(api, url, name="creds")
+    assert created["url"] == shown
+    patched = await api.patch(f"/api/destinations/{created['id']}", json={"batch_size": 5})
+    assert patched.json()["url"] == shown
+    assert (await api.get("/api/destinations")).json()[0]["url"] == shown
+    slack = await add_destination(
+        api, "https://hooks.slack.com/services/T0/B0/XyZsecret", name="s", kind="slack"
+    )
+    assert slack["url"] == "https://hooks.slack.com/…"
+
+    # Sent with its credentials; shown and logged without them.
+    port = receiver.url.split(":")[-1].split("/")[0]
+    local = f"http://bob:p4ss-word@127.0.0.1:{port}/hook?token=abc123secret"
+    await api.patch(f"/api/destinations/{created['id']}", json={"url": local})
+    receiver.answer(Answer(500, body=b"down"))
+    await ingest(api, [make_event()])
+    await deliver_once(relay.context)
+    assert receiver.requests[0].headers["authorization"].startswith("Basic ")
+    for text in [(await api.get(f"/api/destinations/{created['id']}")).text, service_logs.text]:
+        for secret in ("s3cr3t-pass", "p4ss-word", "abc123secret", "XyZsecret"):
+            assert secret not in text
 
 
 async def test_names_are_unique(api: httpx.AsyncClient) -> None:
@@ -141,6 +209,7 @@ async def test_admin_token_is_required(relay: LiveServer) -> None:
             ("DELETE", "/api/destinations/1"),
             ("POST", "/api/destinations/1/replay"),
             ("POST", "/api/destinations/1/retry-dead"),
+            ("POST", "/api/destinations/1/retry-failed"),
             ("GET", "/api/deliveries"),
             ("POST", "/api/deliveries/1/retry"),
         ]:
@@ -219,3 +288,47 @@ async def test_start_up_creates_the_forward_destination(
         ["f", "fp"],
         [],
     )
+
+
+class HookedSettings(Settings):
+    """Settings with the validators config.py takes from app.payloads (FORWARD_* secrets)."""
+
+    _signing = field_validator("forward_signing_secret")(check_signing_secret_setting)
+    _authorization = field_validator("forward_authorization", "authorization")(check_authorization_setting)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("forward_signing_secret", "short-secret", "at least 16 characters"),
+        ("forward_signing_secret", "whsec_short!!-secret", "base64"),
+        ("forward_authorization", "Bearer trailing-secret ", "visible ASCII"),
+        ("authorization", "Basic line-secret\n", "visible ASCII"),
+    ],
+)
+def test_settings_hooks_refuse_a_bad_secret_by_name(setting: str, value: str, message: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        HookedSettings(_env_file=None, **{setting: value})  # type: ignore[call-arg]
+    [error] = raised.value.errors()
+    assert error["loc"] == (setting,)
+    assert message in error["msg"]
+    assert value.split()[-1] not in error["msg"]
+    good = HookedSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        forward_signing_secret=SECRET_SIGNING,
+        forward_authorization="Bearer x",
+        authorization="",
+    )
+    assert good.forward_signing_secret is not None
+
+
+def test_env_destinations_are_checked_like_the_api(make_settings: Callable[..., Settings]) -> None:
+    # The settings refuse the value at start; the destination spec checks it again, as the API does.
+    with pytest.raises(ValidationError, match="forward_authorization") as info:
+        make_settings(forward_url="https://siem.example.com/in", forward_authorization="Bearer x\r\n")
+    assert "Bearer x" not in str(info.value)
+    settings = make_settings(forward_url="https://siem.example.com/in").model_copy(
+        update={"forward_authorization": SecretStr("Bearer x\r\n")}
+    )
+    with pytest.raises(ValueError, match="destination 'forward', authorization: must be visible ASCII"):
+        env_destination_specs(settings)

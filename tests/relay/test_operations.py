@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
-from sqlalchemy import func, select, update
+import pytest
+from sqlalchemy import event, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app import deliveries
 from app.delivery import deliver_destination_once, deliver_once, purge_delivered
-from app.models import OutboxItem
-from tests.conftest import LiveServer
+from app.destinations import DestinationSpec, sync_env_destinations
+from app.models import Destination, OutboxItem
+from tests.conftest import LiveServer, is_postgres
 from tests.factories import make_event
-from tests.relay.conftest import add_destination, deliver_all, ingest, statuses
+from tests.relay.conftest import SLOW_BACKOFF, add_destination, deliver_all, ingest, statuses
 from tests.relay.receiver import Answer, Receiver
 
 
@@ -190,3 +194,112 @@ async def test_old_delivered_rows_are_purged_and_dead_letters_kept(
     assert await purge_delivered(relay.context) == 1
     left = (await api.get("/api/deliveries")).json()["items"]
     assert sorted(i["status"] for i in left) == ["dead", "delivered"]
+
+
+@pytest.mark.parametrize("relay", [SLOW_BACKOFF], indirect=True)
+async def test_fixing_a_destination_ends_its_backoff(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    destination = await add_destination(api, "http://127.0.0.1:9/refused", send_as_batch=False)
+    await ingest(api, [make_event()])
+    assert await deliver_once(relay.context) == 1
+    health = (await api.get(f"/api/destinations/{destination['id']}")).json()["health"]
+    assert (health["status"], health["counts"]["failed"]) == ("failing", 1)
+    await ingest(api, [make_event()])
+    assert await deliver_once(relay.context) == 0  # backed off for ten minutes
+
+    fixed = await api.patch(f"/api/destinations/{destination['id']}", json={"url": receiver.url})
+    assert fixed.status_code == 200
+    health = (await api.get(f"/api/destinations/{destination['id']}")).json()["health"]
+    assert (health["status"], health["consecutive_failures"], health["next_attempt_at"]) == ("ok", 0, None)
+    await deliver_all(relay.context)  # at once: the failed row too
+    assert await statuses(api, destination["id"]) == {"pending": 0, "failed": 0, "delivered": 2, "dead": 0}
+    assert len(receiver.requests) == 2
+
+    renamed = await api.patch(f"/api/destinations/{destination['id']}", json={"name": "other"})
+    assert renamed.status_code == 200  # not a delivery setting: nothing else changes
+
+
+@pytest.mark.parametrize("relay", [SLOW_BACKOFF], indirect=True)
+async def test_retry_failed_rows_in_bulk(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    destination = await add_destination(api, receiver.url, batch_size=2, concurrent_calls=1)
+    await ingest(api, [make_event() for _ in range(4)])
+    receiver.answer(503)
+    await deliver_once(relay.context)
+    assert await statuses(api, destination["id"]) == {"pending": 2, "failed": 2, "delivered": 0, "dead": 0}
+    assert await deliver_once(relay.context) == 0  # backed off for ten minutes
+
+    retried = await api.post(f"/api/destinations/{destination['id']}/retry-failed")
+    assert retried.json() == {"queued": 2}
+    pending = (await api.get("/api/deliveries", params={"status": "pending"})).json()["items"]
+    assert {d["attempts"] for d in pending} == {0}
+    await deliver_all(relay.context)
+    assert await statuses(api, destination["id"]) == {"pending": 0, "failed": 0, "delivered": 4, "dead": 0}
+    assert (await api.post("/api/destinations/999999/retry-failed")).status_code == 404
+
+
+async def test_a_changed_environment_ends_the_backoff(engine: AsyncEngine) -> None:
+    later = datetime.now(UTC) + timedelta(hours=1)
+    spec = DestinationSpec(name="forward", url="https://a.example.com/in")
+    async with engine.begin() as conn:
+        await sync_env_destinations(conn, [spec])
+        await conn.execute(update(Destination).values(consecutive_failures=7, backoff_until=later))
+        await sync_env_destinations(conn, [spec])  # a restart with the same settings: still backed off
+        same = (await conn.execute(select(Destination.consecutive_failures))).scalar_one()
+        await sync_env_destinations(conn, [DestinationSpec(name="forward", url="https://b.example.com/in")])
+        changed = (
+            await conn.execute(select(Destination.consecutive_failures, Destination.backoff_until))
+        ).one()
+    assert same == 7
+    assert tuple(changed) == (0, None)
+
+
+async def test_replay_commits_a_page_at_a_time_and_checks_each_page_once(
+    relay: LiveServer,
+    api: httpx.AsyncClient,
+    receiver: Receiver,
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A long replay must not hold the write lock, nor look through the whole backlog for each event."""
+    monkeypatch.setattr(deliveries, "REPLAY_CHUNK", 10)
+    events = [make_event(date=f"2026-11-20T10:00:{i:02d}.000Z") for i in range(35)]
+    await ingest(api, events)
+    destination = await add_destination(api, receiver.url)
+    replay = f"/api/destinations/{destination['id']}/replay"
+    assert (await api.post(replay, params={"until": "2026-11-20T10:00:15Z"})).json() == {"queued": 15}
+
+    commits: list[object] = []
+    checks: list[tuple[str, Any]] = []
+
+    def on_commit(conn: object) -> None:
+        commits.append(conn)
+
+    def on_execute(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().startswith("SELECT") and "FROM outbox_items" in statement:
+            checks.append((statement, parameters))
+
+    sync_engine = relay.context.engine.sync_engine
+    event.listen(sync_engine, "commit", on_commit)
+    event.listen(sync_engine, "before_cursor_execute", on_execute)
+    try:
+        answer = await api.post(replay)  # 15 wait already: 20 are queued, in four pages
+    finally:
+        event.remove(sync_engine, "commit", on_commit)
+        event.remove(sync_engine, "before_cursor_execute", on_execute)
+    assert answer.json() == {"queued": 20}
+    assert len(commits) >= 4
+    assert len(checks) == 4  # one look at the outbox per page
+    await deliver_all(relay.context)
+    assert sorted(e["log_id"] for e in receiver.events()) == sorted(e["log_id"] for e in events)
+
+    if not is_postgres():  # the look uses the (destination_id, log_id) index, not the backlog's
+        statement, parameters = checks[-1]
+        async with engine.connect() as conn:
+            plan = [
+                row[3] for row in await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            ]
+        index = "ix_outbox_items_destination_id_log_id"
+        assert plan == [f"SEARCH outbox_items USING INDEX {index} (destination_id=? AND log_id=?)"]

@@ -21,7 +21,14 @@ from app.models import OutboxItem
 from app.retry import Outcome, RetryPolicy
 from tests.conftest import LiveServer
 from tests.factories import make_event
-from tests.relay.conftest import FAST_BACKOFF_MAX, add_destination, deliver_all, ingest, statuses
+from tests.relay.conftest import (
+    FAST_BACKOFF_MAX,
+    SLOW_BACKOFF,
+    add_destination,
+    deliver_all,
+    ingest,
+    statuses,
+)
 from tests.relay.receiver import Answer, Receiver
 
 
@@ -285,3 +292,30 @@ async def test_in_single_mode_an_outage_stops_the_round_at_the_first_failures(
     await next_round(relay.context)
     await deliver_all(relay.context)
     assert await statuses(api, destination["id"]) == {"pending": 0, "failed": 0, "delivered": 20, "dead": 0}
+
+
+@pytest.mark.parametrize("relay", [SLOW_BACKOFF], indirect=True)
+@pytest.mark.parametrize("batch", [False, True])
+async def test_a_rejected_event_does_not_hold_up_the_others(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver, engine: AsyncEngine, batch: bool
+) -> None:
+    """A 4xx is about those events, not about the destination: no backoff, the rest goes on."""
+    destination = await add_destination(
+        api, receiver.url, send_as_batch=batch, batch_size=2, concurrent_calls=1
+    )
+    await ingest(api, [make_event() for _ in range(8)])
+    receiver.answer(*[Answer(400, body=b"schema mismatch")] * 3)  # the first three requests are refused
+
+    await deliver_all(relay.context)
+    refused = 3 * (2 if batch else 1)
+    assert await statuses(api, destination["id"]) == {
+        "pending": 0,
+        "failed": 0,
+        "delivered": 8 - refused,
+        "dead": refused,
+    }
+    health = (await api.get(f"/api/destinations/{destination['id']}")).json()["health"]
+    assert (health["status"], health["consecutive_failures"], health["next_attempt_at"]) == ("ok", 0, None)
+    assert health["last_error"] == "HTTP 400: schema mismatch"
+    assert health["last_failure_at"] is not None
+    assert {row.attempts for row in await rows(engine)} == {1}

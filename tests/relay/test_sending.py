@@ -115,3 +115,14 @@ async def test_api_endpoint_filter_applies_at_ingest(
     await ingest(api, [users, other])
     await deliver_all(relay.context)
     assert receiver.events() == [users]
+
+
+async def test_a_batch_destination_always_sends_an_array(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    await add_destination(api, receiver.url, send_as_batch=True, batch_size=1)
+    events = [make_event() for _ in range(3)]
+    await ingest(api, events)
+    assert await deliver_all(relay.context) == 3
+    assert [r.json() for r in receiver.requests] == [[e] for e in events]
+    assert all(r.headers["webhook-id"].startswith("batch_") for r in receiver.requests)

@@ -146,3 +146,43 @@ async def test_the_loop_stops_promptly(relay: LiveServer, api: httpx.AsyncClient
     await receiver.wait_for(1)
     stop.set()
     await asyncio.wait_for(loop, 5)
+
+
+async def test_a_stop_lets_the_round_in_flight_finish(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver, engine: AsyncEngine
+) -> None:
+    await add_destination(api, receiver.url)
+    receiver.hold = asyncio.Event()
+    stop = asyncio.Event()
+    loop = asyncio.create_task(run_delivery_loop(relay.context, stop))
+    await ingest(api, [make_event()])
+    await receiver.wait_for(1)
+    stop.set()  # a graceful stop while the request is under way
+    await asyncio.sleep(0)
+    receiver.hold.set()
+    await asyncio.wait_for(loop, 10)
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(OutboxItem.status, OutboxItem.lease_until))).one()
+    assert tuple(row) == ("delivered", None)  # recorded: it will not be sent again
+    assert len(receiver.requests) == 1
+
+
+async def test_a_cancelled_round_gives_its_rows_back_at_once(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver, engine: AsyncEngine
+) -> None:
+    destination = await add_destination(api, receiver.url, batch_size=2, concurrent_calls=1)
+    await ingest(api, [make_event() for _ in range(4)])
+    receiver.hold = asyncio.Event()
+    round_ = asyncio.create_task(deliver_destination_once(relay.context, destination["id"]))
+    await receiver.wait_for(1)
+    round_.cancel()  # a stop that could not wait (the lease is 30 s)
+    with pytest.raises(asyncio.CancelledError):
+        await round_
+    async with engine.connect() as conn:
+        rows = list(
+            await conn.execute(select(OutboxItem.status, OutboxItem.attempts, OutboxItem.lease_until))
+        )
+    assert {tuple(row) for row in rows} == {("pending", 0, None)}
+    receiver.hold.set()
+    await deliver_all(relay.context)  # sent again now, not after the lease
+    assert await statuses(api, destination["id"]) == {"pending": 0, "failed": 0, "delivered": 4, "dead": 0}

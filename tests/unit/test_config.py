@@ -47,6 +47,8 @@ def error_fields(info: pytest.ExceptionInfo[ValidationError]) -> set[str]:
         ("postgres://logrelay@db/logrelay", "postgresql+asyncpg://logrelay@db/logrelay"),
         ("postgresql+asyncpg://u@h:5432/d", "postgresql+asyncpg://u@h:5432/d"),
         ("postgresql://u@h/d?sslmode=require", "postgresql+asyncpg://u@h/d?sslmode=require"),
+        ("SQLite:///x.db", "sqlite+aiosqlite:///x.db"),  # a scheme is case-insensitive
+        ("Postgres://u@h/d", "postgresql+asyncpg://u@h/d"),
     ],
 )
 def test_database_url_forms(given: str, expected: str) -> None:
@@ -55,7 +57,20 @@ def test_database_url_forms(given: str, expected: str) -> None:
     assert settings.is_sqlite is expected.startswith("sqlite")
 
 
-@pytest.mark.parametrize("url", ["mysql://x", "not a url", "oracle://u@h/d", "http://example.com", "sqlite"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://x",
+        "not a url",
+        "oracle://u@h/d",
+        "http://example.com",
+        "sqlite",
+        # In memory, every event would be lost at the first restart.
+        "sqlite:///:memory:",
+        "sqlite://",
+        "sqlite:///file:x?mode=memory&uri=true",
+    ],
+)
 def test_bad_database_url_names_the_setting(url: str) -> None:
     with pytest.raises(ValidationError) as info:
         make(database_url=url)
@@ -117,6 +132,9 @@ def test_dotenv_file(tmp_path: Path) -> None:
         ("MAX_BODY_BYTES", "10"),
         ("MAX_BODY_BYTES", "big"),
         ("DATABASE_URL", "mysql://x"),
+        ("FORWARD_SIGNING_SECRET", "short-secret"),
+        ("FORWARD_AUTHORIZATION", "Bearer sk_live_SECRET "),
+        ("AUTHORIZATION", "Basic abc\r\nX-Injected: 1"),
     ],
 )
 def test_bad_values_name_the_setting(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
@@ -124,6 +142,8 @@ def test_bad_values_name_the_setting(monkeypatch: pytest.MonkeyPatch, name: str,
     with pytest.raises(ValidationError) as info:
         make()
     assert name.lower() in error_fields(info)
+    if "SECRET" in name or "AUTHORIZATION" in name:  # the message names it, never shows it
+        assert all(value.strip() not in str(e["msg"]) for e in info.value.errors())
 
 
 def test_defaults() -> None:

@@ -1,0 +1,121 @@
+"""Requests that cannot be sent, log ids that are not header values, and secrets in error texts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from standardwebhooks import Webhook
+
+from app.delivery import deliver_once
+from app.models import Destination, OutboxItem
+from tests.conftest import LiveServer
+from tests.factories import make_event
+from tests.relay.conftest import add_destination, deliver_all, ingest, statuses
+from tests.relay.receiver import Answer, Receiver
+
+SECRET = "sk_live_TOPSECRET"
+SIGNING = "whsec_" + "c2lnbmluZy1zZWNyZXQtb2YtMzItYnl0ZXMhISEhISE="
+
+
+async def store_as_an_older_version_did(engine: AsyncEngine, destination_id: int, **values: Any) -> None:
+    """Values the API refuses now, as a database written before that check may hold them."""
+    async with engine.begin() as conn:
+        await conn.execute(update(Destination).where(Destination.id == destination_id).values(**values))
+
+
+async def assert_never_shown(api: httpx.AsyncClient, destination_id: int, *secrets: str) -> None:
+    answers = [
+        await api.get("/api/destinations"),
+        await api.get(f"/api/destinations/{destination_id}"),
+        await api.get("/api/deliveries"),
+    ]
+    for answer in answers:
+        assert answer.status_code == 200
+        for secret in secrets:
+            assert secret not in answer.text
+
+
+async def test_log_ids_that_are_not_header_values_are_sent_under_a_digest(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver, engine: AsyncEngine
+) -> None:
+    await add_destination(api, receiver.url, send_as_batch=False, concurrent_calls=1, signing_secret=SIGNING)
+    plain = make_event()
+    odd = [make_event(log_id="ünïcode-1"), make_event(log_id="9002026\nnewline"), make_event(log_id="a b")]
+    await ingest(api, [plain, *odd])
+
+    assert await deliver_all(relay.context) == 4
+    assert sorted(e["log_id"] for e in receiver.events()) == sorted(e["log_id"] for e in [plain, *odd])
+    ids = {r.json()["log_id"]: r.headers["webhook-id"] for r in receiver.requests}
+    assert ids[plain["log_id"]] == plain["log_id"]  # a plain id is sent as it is
+    hashed = [ids[e["log_id"]] for e in odd]
+    assert all(h.startswith("evt_") and h.isascii() and h.isprintable() for h in hashed)
+    assert len(set(hashed)) == 3
+    for request in receiver.requests:
+        Webhook(SIGNING).verify(request.body, request.headers)
+    async with engine.connect() as conn:
+        attempts = set(await conn.scalars(select(OutboxItem.attempts)))
+    assert attempts == {1}  # each sent once: nothing retried, nothing blocked
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("authorization", f"Bearer {SECRET}é", "the Authorization value is not a valid header value"),
+        (
+            "authorization",
+            f"Bearer {SECRET}\r\nX-Evil: 1",
+            "the Authorization value is not a valid header value",
+        ),
+        ("authorization", f"Bearer {SECRET} ", "the Authorization value is not a valid header value"),
+        ("url", "http://127.0.0.1:abc/hook", "the URL is not valid"),
+        ("url", "http://127.0.0.1\u00a0/hook", "the URL is not valid"),
+    ],
+)
+async def test_a_request_that_cannot_be_built_is_a_dead_letter_with_its_reason(
+    relay: LiveServer,
+    api: httpx.AsyncClient,
+    receiver: Receiver,
+    engine: AsyncEngine,
+    service_logs: pytest.LogCaptureFixture,
+    field: str,
+    value: str,
+    reason: str,
+) -> None:
+    destination = await add_destination(api, receiver.url, send_as_batch=False, concurrent_calls=2)
+    await store_as_an_older_version_did(engine, destination["id"], **{field: value})
+    await ingest(api, [make_event() for _ in range(3)])
+
+    assert await deliver_all(relay.context) == 3  # settled at once: never leased again, never retried
+    assert len(receiver.requests) == 0
+    assert await statuses(api, destination["id"]) == {"pending": 0, "failed": 0, "delivered": 0, "dead": 3}
+    dead = (await api.get("/api/deliveries", params={"status": "dead"})).json()["items"]
+    assert {d["attempts"] for d in dead} == {1}
+    assert len({d["last_error"] for d in dead}) == 1
+    assert dead[0]["last_error"].startswith(f"cannot send: {reason} (")
+    health = (await api.get(f"/api/destinations/{destination['id']}")).json()["health"]
+    assert health["last_error"] == dead[0]["last_error"]
+    await assert_never_shown(api, destination["id"], SECRET)
+    assert SECRET not in service_logs.text
+
+
+async def test_a_receiver_that_echoes_the_secrets_back_does_not_reveal_them(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver, service_logs: pytest.LogCaptureFixture
+) -> None:
+    token = "query-token-0123"
+    destination = await add_destination(
+        api, f"{receiver.url}?token={token}", authorization=f"Bearer {SECRET}", signing_secret=SIGNING
+    )
+    await ingest(api, [make_event()])
+    echo = f"refused: Authorization=Bearer {SECRET}, url token {token}, key {SIGNING}".encode()
+    receiver.answer(Answer(400, body=echo))
+    await deliver_once(relay.context)
+
+    [row] = (await api.get("/api/deliveries")).json()["items"]
+    assert row["last_error"] == "HTTP 400: refused: Authorization=***, url token ***, key ***"
+    await assert_never_shown(api, destination["id"], SECRET, token, SIGNING)
+    for secret in (SECRET, token, SIGNING):
+        assert secret not in service_logs.text

@@ -7,7 +7,7 @@ import base64
 import binascii
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -103,15 +103,17 @@ def check_header_value(value: str) -> str:
     return value
 
 
-def check_signing_secret_setting(value: SecretStr | None) -> SecretStr | None:
-    """FORWARD_SIGNING_SECRET as a settings validator: ValueError, so start-up names the setting."""
-    if value:
-        check_signing_secret(value.get_secret_value())
-    return value
+def secret_setting(check: Callable[[str], str]) -> Callable[[SecretStr | None], SecretStr | None]:
+    """A settings validator from a check of the secret's value: ValueError names the setting, and an
+    empty value means unset."""
+
+    def validate(value: SecretStr | None) -> SecretStr | None:
+        if value:
+            check(value.get_secret_value())
+        return value
+
+    return validate
 
 
-def check_authorization_setting(value: SecretStr | None) -> SecretStr | None:
-    """FORWARD_AUTHORIZATION and AUTHORIZATION as a settings validator (empty means unset)."""
-    if value:
-        check_header_value(value.get_secret_value())
-    return value
+check_signing_secret_setting = secret_setting(check_signing_secret)  # FORWARD_SIGNING_SECRET
+check_authorization_setting = secret_setting(check_header_value)  # FORWARD_AUTHORIZATION, AUTHORIZATION

@@ -212,9 +212,9 @@ def to_event(item: dict[str, Any]) -> StreamEvent:
     else:
         candidates = (item.get("log_id"), item.get("_id"))
         data = item
-    log_id = next((usable for c in candidates if (usable := _usable_id(c))), None)
-    if log_id is not None:
-        return StreamEvent(log_id, data)
+    for candidate in candidates:
+        if log_id := _usable_id(candidate):
+            return StreamEvent(log_id, data)
     digest = hashlib.sha256(encode(item, orjson.OPT_SORT_KEYS)).hexdigest()
     return StreamEvent(f"sha256:{digest}", data, id_generated=True)
 

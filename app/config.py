@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     forward_batch_size: int = Field(100, ge=1, le=1000)
     forward_concurrent_calls: int = Field(5, ge=1, le=100)
     forward_signing_secret: SecretStr | None = None
+    # A replaced signing secret signs beside the new one this long (Standard Webhooks' rotation).
+    signing_secret_grace: timedelta = Field(timedelta(days=1), ge=timedelta(0), le=timedelta(days=30))
     slack_incoming_webhook_url: AnyHttpUrl | None = None
     delivery_timeout: float = Field(10.0, gt=0)
     delivery_max_attempts: int = Field(100, ge=1)

@@ -68,7 +68,7 @@ async def open_context(settings: Settings) -> AsyncIterator[Context]:
         specs = env_destination_specs(settings)
         if extension := extension_destination_spec(settings):
             specs.append(extension)
-        await sync_env_destinations(conn, specs)
+        await sync_env_destinations(conn, specs, settings.signing_secret_grace)
     committer.start()
     relax_garbage_collector()
     stop = asyncio.Event()

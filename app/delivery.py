@@ -24,6 +24,7 @@ from standardwebhooks import Webhook
 
 from app import outbox
 from app.context import USER_AGENT, Context
+from app.destinations import forget_expired_secrets
 from app.models import Destination, LogEvent
 from app.outbox import Claim, ClaimedItem, Target
 from app.payloads import is_header_value, message_id, render_body, signing_key
@@ -173,7 +174,7 @@ def _cannot_send(target: Target, exc: Exception) -> Outcome:
 def _masked(text: str, target: Target) -> str:
     """`text` with the destination's secrets masked (a receiver may echo our request back)."""
     url = httpx.URL(target.url)
-    secrets = [target.authorization, target.signing_secret, url.password]
+    secrets = [target.authorization, target.signing_secret, target.previous_signing_secret, url.password]
     # Query values long enough to be tokens; masking short ones ("v=1") would garble the text.
     secrets += [value for _, value in url.params.multi_items() if len(value) >= MIN_MASKED_CHARS]
     for secret in secrets:
@@ -193,9 +194,14 @@ def signed_headers(target: Target, body: bytes, msg_id: str) -> dict[str, str]:
     }
     if target.authorization:
         headers["Authorization"] = target.authorization
-    if target.signing_secret:
-        webhook = Webhook(signing_key(target.signing_secret))
-        headers["webhook-signature"] = webhook.sign(msg_id, sent_at, body.decode())
+    secrets = [target.signing_secret]
+    if target.previous_secret_expires_at and target.previous_secret_expires_at > sent_at:
+        secrets.append(target.previous_signing_secret)  # a rotation's grace: receivers accept either
+    signatures = [
+        Webhook(signing_key(secret)).sign(msg_id, sent_at, body.decode()) for secret in secrets if secret
+    ]
+    if signatures:
+        headers["webhook-signature"] = " ".join(signatures)
     return headers
 
 
@@ -212,6 +218,8 @@ async def run_delivery_loop(context: Context, stop: asyncio.Event) -> None:
                 enabled.update(ids)
                 if time.monotonic() >= next_purge:
                     await purge_delivered(context)
+                    async with context.engine.begin() as conn:
+                        await forget_expired_secrets(conn, _now())
                     next_purge = time.monotonic() + PURGE_EVERY
             except Exception:
                 log.exception("could not list destinations or purge old deliveries")

@@ -1,8 +1,10 @@
 """Destinations: the relay targets. Validation, the admin operations, and the ones the environment
 declares (FORWARD_*, SLACK_INCOMING_WEBHOOK_URL, and the old extensions' settings).
 
-`authorization` and `signing_secret` are write-only: they are stored, sent, and never shown again;
+`authorization` and the signing secrets are write-only: they are stored, sent, and never shown again;
 so are the credentials a URL may carry (user:password@, query values, a Slack webhook's path).
+A new signing secret does not cut the old one off: the old one goes on signing beside it for a grace
+period (SIGNING_SECRET_GRACE), so that receivers can take the new one without rejecting requests.
 Functions here take a connection and never commit; the caller owns the transaction.
 """
 
@@ -11,19 +13,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, Field, field_validator
-from sqlalchemy import delete, insert, select, update
+from pydantic import BaseModel, Field, field_validator, model_validator
+from sqlalchemy import and_, case, delete, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app import outbox
 from app.auth0.catalog import CATEGORIES, LOG_TYPES
 from app.errors import Conflict, NotFound, Unprocessable
-from app.models import Destination, utcnow
+from app.models import Destination, UTCDateTime, utcnow
 from app.payloads import check_header_value, check_signing_secret
 
 if TYPE_CHECKING:
@@ -42,10 +45,9 @@ DELIVERY_FIELDS = frozenset(
     {"url", "kind", "authorization", "signing_secret", "payload", "send_as_batch", "batch_size", "enabled"}
 )
 
-# Columns an API answer may show: everything but the two secrets.
-PUBLIC_COLUMNS = tuple(
-    c for c in Destination.__table__.columns if c.name not in ("authorization", "signing_secret")
-)
+SECRET_COLUMNS = ("authorization", "signing_secret", "previous_signing_secret")
+# Columns an API answer may show: everything but the secrets.
+PUBLIC_COLUMNS = tuple(c for c in Destination.__table__.columns if c.name not in SECRET_COLUMNS)
 
 
 @dataclass
@@ -124,6 +126,9 @@ class DestinationPatch(BaseModel):
     batch_size: int | None = Field(None, ge=1, le=1000)
     concurrent_calls: int | None = Field(None, ge=1, le=100)
     enabled: bool | None = None
+    # Not a column: how long the secret that `signing_secret` replaces goes on signing beside it
+    # (default SIGNING_SECRET_GRACE). 0 ends an overlap at once, as after a leak.
+    signing_secret_grace: timedelta | None = Field(None, ge=timedelta(0), le=timedelta(days=30))
 
     _url = field_validator("url")(lambda v: v if v is None else check_url(v))
     _authorization = field_validator("authorization")(check_authorization)
@@ -145,6 +150,12 @@ class DestinationPatch(BaseModel):
             raise ValueError(f"unknown categories: {', '.join(unknown)} (use {', '.join(CATEGORIES)})")
         return value
 
+    @model_validator(mode="after")
+    def _grace_needs_secret(self) -> DestinationPatch:
+        if self.signing_secret_grace is not None and "signing_secret" not in self.model_fields_set:
+            raise ValueError("signing_secret_grace is given only with the signing_secret it rotates to")
+        return self
+
 
 class DestinationCreate(DestinationPatch):
     """A new destination. With neither types nor categories it takes failures, like FORWARD_TYPES."""
@@ -165,6 +176,35 @@ NOT_NULL = tuple(
     for c in Destination.__table__.columns
     if not c.nullable and c.name in DestinationPatch.model_fields and c.name not in ("types", "categories")
 )
+
+
+def rotate_to(secret: str | None, now: datetime, grace: timedelta) -> dict[str, Any]:
+    """UPDATE values that make `secret` the signing secret, in one statement whatever the row holds.
+
+    A different secret replaces the current one, which goes on signing beside it until `now + grace`.
+    The same secret again changes nothing (a start-up re-applying FORWARD_SIGNING_SECRET). None, or
+    a grace of 0, ends any overlap at once. SET expressions read the row as it was before the UPDATE.
+    """
+    if secret is None or grace <= timedelta(0):
+        return {"signing_secret": secret, "previous_signing_secret": None, "previous_secret_expires_at": None}
+    replaced = and_(Destination.signing_secret.is_not(None), Destination.signing_secret != secret)
+    until = literal(now + grace, UTCDateTime())
+    return {
+        "signing_secret": secret,
+        "previous_signing_secret": case(
+            (replaced, Destination.signing_secret), else_=Destination.previous_signing_secret
+        ),
+        "previous_secret_expires_at": case((replaced, until), else_=Destination.previous_secret_expires_at),
+    }
+
+
+async def forget_expired_secrets(conn: AsyncConnection, now: datetime) -> None:
+    """Drop rotated-out secrets whose grace is over: a secret is kept no longer than it is used."""
+    await conn.execute(
+        update(Destination)
+        .where(Destination.previous_secret_expires_at <= now)
+        .values(previous_signing_secret=None, previous_secret_expires_at=None)
+    )
 
 
 def env_destination_specs(settings: Settings) -> list[DestinationSpec]:
@@ -194,7 +234,9 @@ def env_destination_specs(settings: Settings) -> list[DestinationSpec]:
     return specs
 
 
-async def sync_env_destinations(conn: AsyncConnection, specs: list[DestinationSpec]) -> None:
+async def sync_env_destinations(
+    conn: AsyncConnection, specs: list[DestinationSpec], grace: timedelta
+) -> None:
     """Create or update each spec by name, in the caller's transaction.
 
     An env destination whose variable was removed is disabled, not deleted: its delivery history
@@ -212,7 +254,8 @@ async def sync_env_destinations(conn: AsyncConnection, specs: list[DestinationSp
             continue
         if old.origin != "env":
             log.warning("the environment takes over destination %r, created through the API", spec.name)
-        await conn.execute(update(Destination).where(Destination.id == old.id).values(**values))
+        rotation = rotate_to(spec.signing_secret, now, grace)
+        await conn.execute(update(Destination).where(Destination.id == old.id).values(values | rotation))
         if any(getattr(old, name) != values[name] for name in DELIVERY_FIELDS):
             await outbox.reset_backoff(conn, old.id, now)
     names = [spec.name for spec in specs]
@@ -238,7 +281,7 @@ async def get_destination(conn: AsyncConnection, destination_id: int) -> dict[st
 
 
 async def create_destination(conn: AsyncConnection, fields: DestinationCreate) -> int:
-    values = fields.model_dump()
+    values = fields.model_dump(exclude={"signing_secret_grace"})
     if not values["types"] and not values["categories"]:
         values["categories"] = ["failure"]
     values["types"] = values["types"] or []
@@ -256,14 +299,18 @@ async def create_destination(conn: AsyncConnection, fields: DestinationCreate) -
     return int(result.scalar_one())
 
 
-async def update_destination(conn: AsyncConnection, destination_id: int, fields: DestinationPatch) -> None:
+async def update_destination(
+    conn: AsyncConnection, destination_id: int, fields: DestinationPatch, grace: timedelta
+) -> None:
     """Apply the fields that were sent. An env destination may be edited; the next start-up
-    re-applies its variables.
+    re-applies its variables. A new signing secret is a rotation (`rotate_to`), the old one
+    signing beside it for `grace` unless the request gives its own.
 
     A change to how requests are sent (DELIVERY_FIELDS) is taken as a fix: the destination's backoff
     ends and its failed rows are due at once.
     """
     values = fields.model_dump(exclude_unset=True)
+    own_grace = values.pop("signing_secret_grace", None)
     for key in ("types", "categories"):
         if key in values and values[key] is None:
             values[key] = []
@@ -274,6 +321,8 @@ async def update_destination(conn: AsyncConnection, destination_id: int, fields:
         await get_destination(conn, destination_id)
         return
     now = utcnow()
+    if "signing_secret" in values:
+        values |= rotate_to(values["signing_secret"], now, grace if own_grace is None else own_grace)
     try:
         async with conn.begin_nested():
             result = await conn.execute(

@@ -116,7 +116,7 @@ class QuarantinedLine(Base):
 
 
 class Destination(Base):
-    """A relay target. `authorization` and `signing_secret` are write-only through the API."""
+    """A relay target. `authorization` and the signing secrets are write-only through the API."""
 
     __tablename__ = "destinations"
 
@@ -126,6 +126,9 @@ class Destination(Base):
     url: Mapped[str] = mapped_column(Text)
     authorization: Mapped[str | None] = mapped_column(Text)
     signing_secret: Mapped[str | None] = mapped_column(Text)
+    # A rotated-out secret still signs beside the new one until then, so receivers switch over safely.
+    previous_signing_secret: Mapped[str | None] = mapped_column(Text)
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Filter: an event matches when its type is in `types` or its category in `categories`
     # (both empty: every event), and, when `api_endpoints` is set, its request path is under one.
     types: Mapped[list[str]] = mapped_column(JSON, default=list)

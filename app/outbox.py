@@ -77,6 +77,8 @@ class Target:
     url: str
     authorization: str | None
     signing_secret: str | None
+    previous_signing_secret: str | None  # signs too, until previous_secret_expires_at
+    previous_secret_expires_at: datetime | None
     payload: str
     send_as_batch: bool
     batch_size: int

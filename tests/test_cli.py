@@ -147,6 +147,7 @@ def test_version(tmp_path: Path) -> None:
         (["serve"], {"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
         (["serve"], {"PORT": "notanumber"}, "PORT"),
         (["serve"], {"MAX_BODY_BYTES": "tiny"}, "MAX_BODY_BYTES"),
+        (["serve"], {"SIGNING_SECRET_GRACE": "P60D"}, "SIGNING_SECRET_GRACE"),
         (["migrate"], {"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
         (["serve", "--port", "notanumber"], {}, "--port"),
     ],

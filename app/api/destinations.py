@@ -48,7 +48,9 @@ async def update_destination(
 ) -> dict[str, Any]:
     """Change some fields of a destination (a secret set to null is removed)."""
     async with context.engine.begin() as conn:
-        await destinations.update_destination(conn, destination_id, fields)
+        await destinations.update_destination(
+            conn, destination_id, fields, context.settings.signing_secret_grace
+        )
         return await destinations.get_destination(conn, destination_id)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -23,6 +24,7 @@ from tests.relay.receiver import Answer, Receiver
 
 SECRET_AUTH = "Bearer very-secret-authorization-value"
 SECRET_SIGNING = "signing-secret-that-nobody-may-read"
+GRACE = timedelta(days=1)
 
 
 async def test_crud_round_trip(api: httpx.AsyncClient) -> None:
@@ -250,10 +252,10 @@ async def test_env_sync_upserts_by_name_and_disables_removed(engine: AsyncEngine
         DestinationSpec("slack", "https://s", "slack"),
     ]
     async with engine.begin() as conn:
-        await sync_env_destinations(conn, first)
+        await sync_env_destinations(conn, first, GRACE)
     async with engine.begin() as conn:
         await sync_env_destinations(
-            conn, [DestinationSpec(name="forward", url="https://b.example.com", batch_size=7)]
+            conn, [DestinationSpec(name="forward", url="https://b.example.com", batch_size=7)], GRACE
         )
 
     async with engine.connect() as conn:
@@ -268,7 +270,7 @@ async def test_env_sync_upserts_by_name_and_disables_removed(engine: AsyncEngine
     assert rows["slack"].origin == "env"
 
     async with engine.begin() as conn:
-        await sync_env_destinations(conn, first)
+        await sync_env_destinations(conn, first, GRACE)
     async with engine.connect() as conn:
         assert await conn.scalar(select(Destination.enabled).where(Destination.name == "slack")) is True
 

@@ -244,11 +244,15 @@ async def test_a_changed_environment_ends_the_backoff(engine: AsyncEngine) -> No
     later = datetime.now(UTC) + timedelta(hours=1)
     spec = DestinationSpec(name="forward", url="https://a.example.com/in")
     async with engine.begin() as conn:
-        await sync_env_destinations(conn, [spec])
+        await sync_env_destinations(conn, [spec], timedelta(days=1))
         await conn.execute(update(Destination).values(consecutive_failures=7, backoff_until=later))
-        await sync_env_destinations(conn, [spec])  # a restart with the same settings: still backed off
+        await sync_env_destinations(
+            conn, [spec], timedelta(days=1)
+        )  # a restart with the same settings: still backed off
         same = (await conn.execute(select(Destination.consecutive_failures))).scalar_one()
-        await sync_env_destinations(conn, [DestinationSpec(name="forward", url="https://b.example.com/in")])
+        await sync_env_destinations(
+            conn, [DestinationSpec(name="forward", url="https://b.example.com/in")], timedelta(days=1)
+        )
         changed = (
             await conn.execute(select(Destination.consecutive_failures, Destination.backoff_until))
         ).one()

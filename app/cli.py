@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
+import ssl
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 import uvicorn
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
 
 from app import __version__, migrate
 from app.config import Settings
@@ -18,6 +23,12 @@ from app.observability import configure_logging, uvicorn_log_config
 from app.tokens import TokenFileError, Tokens, load_tokens
 
 cli = typer.Typer(help="logrelay: a durable, deduplicated home for Auth0 tenant logs.", no_args_is_help=True)
+log = logging.getLogger("app.cli")
+
+
+def fail(message: str, code: int) -> NoReturn:
+    typer.echo(f"logrelay: {message}", err=True)
+    raise typer.Exit(code)
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -26,30 +37,64 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
     except ValidationError as exc:
         for error in exc.errors():
-            name = ".".join(str(p) for p in error["loc"]).upper() or "settings"
-            typer.echo(f"logrelay: invalid setting {name}: {error['msg']}", err=True)
+            name = ".".join(str(p) for p in error["loc"]).upper()
+            message = error["msg"].removeprefix("Value error, ")
+            typer.echo(f"logrelay: {f'invalid setting {name}: ' if name else ''}{message}", err=True)
         raise typer.Exit(2) from None
+
+
+@contextmanager
+def start_up_errors() -> Iterator[None]:
+    """What stops a command from starting, as one line that names it (exit 2: fix a setting or a
+    file; exit 1: the database cannot be reached, which may pass), never a traceback."""
+    try:
+        yield
+    except (migrate.SchemaError, TokenFileError) as exc:
+        fail(str(exc), 2)
+    except DBAPIError as exc:  # the driver's first line; SQLAlchemy's text adds the statement
+        fail(f"cannot reach the database ({str(exc.orig).strip().splitlines()[0]})", 1)
+    except OSError as exc:
+        if exc.filename:  # DATA_DIR, the SQLite file or tokens.json
+            fail(f"cannot use {exc.filename}: {exc.strerror}", 2)
+        fail(f"cannot reach the database ({type(exc).__name__}: {exc})", 1)
 
 
 def prepare_database(settings: Settings) -> None:
     """Migrate the embedded SQLite; on PostgreSQL, shared by replicas, only check it is current."""
-    if settings.is_sqlite:
-        migrate.upgrade(settings)
-        return
-    try:
+    with start_up_errors():
+        if settings.is_sqlite:
+            migrate.upgrade(settings)
+            return
         behind = migrate.pending(settings)
-    except Exception as exc:
-        typer.echo(f"logrelay: cannot reach the database ({type(exc).__name__}: {exc})", err=True)
-        raise typer.Exit(1) from None
     if behind:
-        typer.echo("logrelay: the database schema is not current; run `logrelay migrate` first", err=True)
-        raise typer.Exit(2)
+        fail("the database schema is not current; run `logrelay migrate` first", 2)
+
+
+def prepare_tokens(settings: Settings) -> Tokens:
+    """The tokens, generated and kept when unset. Whichever command generates them prints them."""
+    with start_up_errors():
+        tokens = load_tokens(settings)
+    if tokens.generated:
+        _announce_generated(tokens)
+    return tokens
+
+
+def check_tls(certfile: Path | None, keyfile: Path | None) -> None:
+    """Load the certificate and key once here, so that a bad one is a clear error before start-up."""
+    if keyfile and not certfile:
+        fail("--ssl-keyfile needs --ssl-certfile", 2)
+    if certfile:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            problem = f"{exc.filename}: {exc.strerror}" if getattr(exc, "filename", None) else str(exc)
+            fail(f"cannot use the TLS certificate and key ({problem})", 2)
 
 
 @cli.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Address to bind [env HOST; default 127.0.0.1]")] = None,
-    port: Annotated[int | None, typer.Option(help="Port [env PORT; default 8000]")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (env HOST; default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (env PORT; default 8000)")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes")] = 1,
     ssl_certfile: Annotated[Path | None, typer.Option(help="TLS certificate (PEM) for HTTPS")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM) for HTTPS")] = None,
@@ -57,13 +102,13 @@ def serve(
     """Run the API (and, unless RUN_WORKERS=false, the delivery and poller loops)."""
     settings = load_settings(host=host, port=port)
     configure_logging(settings.service_log_level)
+    check_tls(ssl_certfile, ssl_keyfile)
     prepare_database(settings)
-    try:
-        tokens = load_tokens(settings)
-    except TokenFileError as exc:
-        typer.echo(f"logrelay: {exc}", err=True)
-        raise typer.Exit(2) from None
-    _announce(settings, tokens, https=ssl_certfile is not None)
+    scheme = "https" if ssl_certfile else "http"
+    typer.echo(f"logrelay {__version__} on {scheme}://{settings.host}:{settings.port}", err=True)
+    tokens = prepare_tokens(settings)
+    if not tokens.generated and tokens.path and tokens.path.exists():
+        typer.echo(f"logrelay: tokens that were not set are kept in {tokens.path}", err=True)
     uvicorn.run(
         "app.main:create_app",
         factory=True,
@@ -85,7 +130,8 @@ def migrate_command() -> None:
     """Create or upgrade the database schema (Alembic) to the latest revision."""
     settings = load_settings()
     configure_logging(settings.service_log_level)
-    migrate.upgrade(settings)
+    with start_up_errors():
+        migrate.upgrade(settings)
     typer.echo("logrelay: database is at the latest revision")
 
 
@@ -95,6 +141,7 @@ def worker() -> None:
     settings = load_settings()
     configure_logging(settings.service_log_level)
     prepare_database(settings)
+    prepare_tokens(settings)
     asyncio.run(_run_workers(settings))
 
 
@@ -109,8 +156,11 @@ async def _run_workers(settings: Settings) -> None:
     async with open_context(settings) as context:
         workers = Workers(context)
         workers.start()
+        log.info("worker started")
         await stop.wait()
+        log.info("worker stopping")
         await workers.stop()
+    log.info("worker stopped")
 
 
 @cli.command()
@@ -119,6 +169,7 @@ def poll(once: Annotated[bool, typer.Option("--once", help="Run one pass and exi
     settings = load_settings()
     configure_logging(settings.service_log_level)
     prepare_database(settings)
+    prepare_tokens(settings)
     from app.poller import run_poll_command
 
     sys.exit(asyncio.run(run_poll_command(settings, once=once)))
@@ -130,13 +181,8 @@ def version() -> None:
     typer.echo(__version__)
 
 
-def _announce(settings: Settings, tokens: Tokens, *, https: bool) -> None:
-    scheme = "https" if https else "http"
-    typer.echo(f"logrelay {__version__} on {scheme}://{settings.host}:{settings.port}", err=True)
-    if not tokens.generated:
-        if tokens.path and tokens.path.exists():
-            typer.echo(f"logrelay: tokens that were not set are kept in {tokens.path}", err=True)
-        return
+def _announce_generated(tokens: Tokens) -> None:
+    """Print newly generated tokens, once: this is the only time logrelay shows them."""
     typer.echo(f"\nlogrelay generated tokens and kept them in {tokens.path}:", err=True)
     for name, value in tokens.generated.items():
         typer.echo(f"  {name}={value}", err=True)

@@ -6,7 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
+from pydantic import AnyHttpUrl, BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.auth0.catalog import CATEGORIES, LOG_TYPES
@@ -14,7 +14,27 @@ from app.payloads import check_authorization_setting, check_signing_secret_setti
 
 CommaList = Annotated[list[str], NoDecode]
 _LEVEL_NAMES = ("debug", "info", "warning", "error", "critical")  # LOG_LEVEL 0-4
+_LEVEL_ALIASES = {"warn": "warning", "fatal": "critical"}
 CommaSecrets = Annotated[list[SecretStr], NoDecode]
+
+
+def _seconds(value: object) -> object:
+    """A number of seconds given as text ("60"): pydantic reads only ISO 8601 durations from text."""
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return value
+    return value
+
+
+def _lower(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+LevelName = Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)]
+# A duration: seconds (60, "60") or ISO 8601 ("PT1M", "P3D").
+Duration = Annotated[timedelta, BeforeValidator(_seconds)]
 
 
 def split_commas(value: object) -> object:
@@ -46,11 +66,11 @@ class Settings(BaseSettings):
     )
 
     # --- service -----------------------------------------------------------------------------
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", min_length=1)  # "" would bind every interface
     port: int = Field(8000, ge=1, le=65535)
     data_dir: Path = Path("data")
     database_url: str = ""
-    service_log_level: Literal["debug", "info", "warning", "error"] = "info"
+    service_log_level: LevelName = "info"
     run_workers: bool = True  # `serve` also runs the delivery and poller loops
 
     # --- tokens (generated, kept under data_dir and printed when unset) -------------------------
@@ -72,17 +92,17 @@ class Settings(BaseSettings):
     forward_concurrent_calls: int = Field(5, ge=1, le=100)
     forward_signing_secret: SecretStr | None = None
     # A replaced signing secret signs beside the new one this long (Standard Webhooks' rotation).
-    signing_secret_grace: timedelta = Field(timedelta(days=1), ge=timedelta(0), le=timedelta(days=30))
+    signing_secret_grace: Duration = Field(timedelta(days=1), ge=timedelta(0), le=timedelta(days=30))
     slack_incoming_webhook_url: AnyHttpUrl | None = None
     delivery_timeout: float = Field(10.0, gt=0)
     delivery_max_attempts: int = Field(100, ge=1)
-    delivery_max_age: timedelta = timedelta(days=3)
-    delivery_lease: timedelta = timedelta(seconds=60)
+    delivery_max_age: Duration = timedelta(days=3)
+    delivery_lease: Duration = timedelta(seconds=60)
     delivery_poll_interval: float = Field(1.0, gt=0)
     # Backoff after a destination fails: base * 2^(n-1) seconds with jitter, capped (relay).
     delivery_backoff_base: float = Field(1.0, gt=0)
     delivery_backoff_max: float = Field(3600.0, gt=0)
-    delivery_keep_delivered: timedelta = timedelta(days=7)  # delivered outbox rows are purged after this
+    delivery_keep_delivered: Duration = timedelta(days=7)  # delivered outbox rows are purged after this
 
     # --- poller (Auth0 Management API), with the old extensions' setting names --------------------
     auth0_domain: str | None = None
@@ -127,8 +147,13 @@ class Settings(BaseSettings):
     @classmethod
     def _log_level(cls, value: object) -> object:
         # The extension's 0-4, or the names they stand for: LOG_LEVEL=info is common in containers.
-        if isinstance(value, str) and value.strip().lower() in _LEVEL_NAMES:
-            return _LEVEL_NAMES.index(value.strip().lower())
+        if isinstance(value, str):
+            name = value.strip().lower()
+            name = _LEVEL_ALIASES.get(name, name)
+            if name in _LEVEL_NAMES:
+                return _LEVEL_NAMES.index(name)
+            if name and not name.isdigit():
+                raise ValueError(f"use 0-4 or a level name: {', '.join(_LEVEL_NAMES)}")
         return None if value == "" else value
 
     @field_validator("start_from")
@@ -175,6 +200,14 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown log type codes or categories: {', '.join(unknown)}")
         return value
+
+    @model_validator(mode="after")
+    def _lease(self) -> Settings:
+        # A single-mode round sends up to SINGLE_ROUNDS requests one after another on each slot: a
+        # lease that ends first lets another worker claim and send the same rows again.
+        if self.delivery_lease.total_seconds() <= 4 * self.delivery_timeout:
+            raise ValueError("DELIVERY_LEASE must be longer than 4 times DELIVERY_TIMEOUT")
+        return self
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:

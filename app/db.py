@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -10,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
 from app.config import Settings
+from app.files import private_file
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -47,11 +49,9 @@ _ENGINE_OPTIONS: dict[str, Any] = {
 
 def make_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
     if settings.is_sqlite:
-        path = settings.database_url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            from pathlib import Path
-
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = settings.database_url.split("///", 1)[-1].partition("?")[0]
+        if path:
+            private_file(Path(path))
         engine = create_async_engine(
             settings.database_url,
             **_ENGINE_OPTIONS,

@@ -34,6 +34,7 @@ _ROW = (
     OutboxItem.last_status_code,
     OutboxItem.last_error,
     OutboxItem.lease_until,
+    OutboxItem.batch_id,
 )
 
 

@@ -10,6 +10,7 @@ cancelled all the same records what was answered and gives the other rows back a
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import logging
@@ -24,7 +25,7 @@ from standardwebhooks import Webhook
 
 from app import outbox
 from app.context import USER_AGENT, Context
-from app.destinations import forget_expired_secrets
+from app.destinations import forget_expired_secrets, is_slack_url
 from app.models import Destination, LogEvent
 from app.outbox import Claim, ClaimedItem, Target
 from app.payloads import is_header_value, message_id, render_body, signing_key
@@ -78,7 +79,7 @@ async def deliver_destination_once(context: Context, destination_id: int) -> int
         events = await _load_events(context, [item.log_id for item in claim.items])
         sendable = [item for item in claim.items if item.log_id in events]
         missing = [item for item in claim.items if item.log_id not in events]
-        chunks = [sendable[i : i + target.per_call] for i in range(0, len(sendable), target.per_call)]
+        chunks = outbox.batches(sendable, target.per_call)
         tasks = [asyncio.create_task(send_chunk(chunk)) for chunk in chunks]
         if tasks:
             await asyncio.wait(tasks)
@@ -131,11 +132,14 @@ async def send(context: Context, target: Target, events: Sequence[tuple[str, dic
     try:
         body = render_body(target.kind, target.payload, events, target.as_batch)
         headers = signed_headers(target, body, message_id([log_id for log_id, _ in events], target.as_batch))
-        request = context.http.build_request(
-            "POST", target.url, content=body, headers=headers, timeout=timeout
-        )
+        url = httpx.URL(target.url)
+        if target.authorization and url.userinfo:
+            # httpx would turn the URL's user:password into an Authorization header over ours.
+            url = url.copy_with(userinfo=b"")
+        request = context.http.build_request("POST", url, content=body, headers=headers, timeout=timeout)
     except Exception as exc:
         return _cannot_send(target, exc)
+    response: httpx.Response | None = None
     try:
         # httpx's timeout bounds each phase; asyncio's bounds the whole call (a slow-drip receiver).
         async with asyncio.timeout(timeout):
@@ -145,19 +149,26 @@ async def send(context: Context, target: Target, events: Sequence[tuple[str, dic
                 answer = await _read_some(response)
             finally:
                 await response.aclose()
-    except (httpx.TimeoutException, TimeoutError):
-        return Outcome(None, f"timed out after {timeout:g}s")
-    except (httpx.LocalProtocolError, httpx.UnsupportedProtocol) as exc:
-        return _cannot_send(target, exc)  # h11's text quotes the header value it refused
-    except httpx.TransportError as exc:  # refused, reset, DNS: the text names the failure
-        return Outcome(None, excerpt(_masked(f"{type(exc).__name__}: {exc}", target)))
     except Exception as exc:
-        log.warning("unexpected send error", extra={"destination": target.name, "error": type(exc).__name__})
-        return Outcome(None, f"unexpected error: {type(exc).__name__}")
+        if response is not None and response.is_success:
+            return Outcome(response.status_code)  # accepted: only reading the rest of its answer failed
+        return _not_sent(target, exc, timeout)
     if response.is_success:
         return Outcome(response.status_code)
     retry_after = parse_retry_after(response.headers.get("retry-after"), _now())
     return Outcome(response.status_code, excerpt(_masked(answer, target)) or None, retry_after)
+
+
+def _not_sent(target: Target, exc: Exception, timeout: float) -> Outcome:
+    """The outcome of a request that got no answer."""
+    if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
+        return Outcome(None, f"timed out after {timeout:g}s")
+    if isinstance(exc, (httpx.LocalProtocolError, httpx.UnsupportedProtocol)):
+        return _cannot_send(target, exc)  # h11's text quotes the header value it refused
+    if isinstance(exc, httpx.TransportError):  # refused, reset, DNS: the text names the failure
+        return Outcome(None, excerpt(_masked(f"{type(exc).__name__}: {exc}", target)))
+    log.warning("unexpected send error", extra={"destination": target.name, "error": type(exc).__name__})
+    return Outcome(None, f"unexpected error: {type(exc).__name__}")
 
 
 def _cannot_send(target: Target, exc: Exception) -> Outcome:
@@ -175,8 +186,14 @@ def _masked(text: str, target: Target) -> str:
     """`text` with the destination's secrets masked (a receiver may echo our request back)."""
     url = httpx.URL(target.url)
     secrets = [target.authorization, target.signing_secret, target.previous_signing_secret, url.password]
-    # Query values long enough to be tokens; masking short ones ("v=1") would garble the text.
-    secrets += [value for _, value in url.params.multi_items() if len(value) >= MIN_MASKED_CHARS]
+    if url.userinfo:  # and the Basic credentials httpx makes of them
+        secrets.append(base64.b64encode(url.userinfo).decode())
+    # Values long enough to be tokens (masking short ones, "v=1", would garble the text): query
+    # values, a user name, and the path segments of a Slack webhook (its path is Slack's token).
+    candidates = [value for _, value in url.params.multi_items()] + [url.username]
+    if target.kind == "slack" or is_slack_url(url.host):
+        candidates += [part for part in url.path.split("/") if part != "services"]
+    secrets += [value for value in candidates if len(value) >= MIN_MASKED_CHARS]
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")

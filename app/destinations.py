@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import and_, case, delete, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -82,6 +82,15 @@ class DestinationSpec:
                 raise ValueError(f"destination {self.name!r}, {name}: {exc}") from None
 
 
+def is_storable(text: str) -> bool:
+    """Text that both databases store: PostgreSQL refuses NUL, and a lone surrogate is no UTF-8."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
+
+
 def check_url(url: str) -> str:
     """An http(s) URL that httpx can send to, or ValueError (without quoting it: it may hold a token)."""
     try:
@@ -113,6 +122,9 @@ def split_types(values: list[str]) -> tuple[list[str], list[str]]:
 class DestinationPatch(BaseModel):
     """Fields of a destination; every one optional (PATCH). Secrets: null clears, absent keeps."""
 
+    # A misspelt field ("signing_secrets") is an error: ignored, it would look like a change made.
+    model_config = ConfigDict(extra="forbid")
+
     name: str | None = Field(None, min_length=1, max_length=200)
     url: str | None = None
     kind: Literal["http", "slack"] | None = None
@@ -129,6 +141,14 @@ class DestinationPatch(BaseModel):
     # Not a column: how long the secret that `signing_secret` replaces goes on signing beside it
     # (default SIGNING_SECRET_GRACE). 0 ends an overlap at once, as after a leak.
     signing_secret_grace: timedelta | None = Field(None, ge=timedelta(0), le=timedelta(days=30))
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _storable(cls, value: object) -> object:
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and not is_storable(text):
+                raise ValueError("must not contain a NUL character or a lone surrogate")
+        return value
 
     _url = field_validator("url")(lambda v: v if v is None else check_url(v))
     _authorization = field_validator("authorization")(check_authorization)
@@ -356,6 +376,11 @@ def _shown(row: Any) -> dict[str, Any]:
     return destination
 
 
+def is_slack_url(host: str | None) -> bool:
+    """A Slack incoming-webhook host, whose URL path is the webhook's token."""
+    return (host or "").lower() == "hooks.slack.com"
+
+
 def shown_url(url: str, kind: str) -> str:
     """A URL without the credentials it may carry: user:password@ and query values become `***`, and
     a Slack incoming-webhook URL (its path is Slack's token) shows only its scheme and host."""
@@ -365,7 +390,7 @@ def shown_url(url: str, kind: str) -> str:
         return "***"
     _, at, host = parts.netloc.rpartition("@")
     netloc = f"***@{host}" if at else host
-    if kind == "slack":
+    if kind == "slack" or is_slack_url(parts.hostname):
         return f"{parts.scheme}://{netloc}/…"
     shown = f"{parts.scheme}://{netloc}{parts.path}"
     if parts.query:

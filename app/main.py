@@ -10,6 +10,7 @@ from starlette.types import ASGIApp
 
 from app import __version__
 from app.api import deliveries, destinations, events, health, logs, poller
+from app.api.limits import BodyLimit
 from app.config import Settings
 from app.context import open_context
 from app.errors import add_exception_handlers
@@ -49,6 +50,7 @@ def create_fastapi_app(settings: Settings | None = None, *, run_workers: bool | 
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     add_exception_handlers(app)
+    app.add_middleware(BodyLimit)
     for module in (logs, events, destinations, deliveries, poller, health):
         app.include_router(module.router)
     return app

@@ -26,7 +26,13 @@ def alembic_config(settings: Settings) -> Config:
     return config
 
 
+class SchemaError(Exception):
+    """The database's schema is one this release cannot use; the message says what to do."""
+
+
 def upgrade(settings: Settings, revision: str = "head") -> None:
+    if revision == "head":
+        _known(settings, _current(settings))
     command.upgrade(alembic_config(settings), revision)
 
 
@@ -35,9 +41,25 @@ def downgrade(settings: Settings, revision: str = "base") -> None:
 
 
 def pending(settings: Settings) -> bool:
-    """Whether the database is behind the newest revision of the history."""
-    head = ScriptDirectory.from_config(alembic_config(settings)).get_current_head()
+    """Whether the database is behind the newest revision of the history (SchemaError if it is ahead)."""
+    current = _current(settings)
+    return _known(settings, current) != current
 
+
+def _known(settings: Settings, current: str | None) -> str:
+    """This release's newest revision, after checking that it knows the database's own."""
+    scripts = ScriptDirectory.from_config(alembic_config(settings))
+    head = scripts.get_current_head()
+    assert head is not None
+    if current is not None and current not in {script.revision for script in scripts.walk_revisions()}:
+        raise SchemaError(
+            f"the database schema is at revision {current}, newer than this release knows (up to {head}): "
+            "run the release that migrated it, or downgrade the database with that release first"
+        )
+    return head
+
+
+def _current(settings: Settings) -> str | None:
     async def current() -> str | None:
         engine = make_engine(settings)
         try:
@@ -46,4 +68,4 @@ def pending(settings: Settings) -> bool:
         finally:
             await engine.dispose()
 
-    return asyncio.run(current()) != head
+    return asyncio.run(current())

@@ -167,6 +167,9 @@ class OutboxItem(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_status_code: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # The webhook-id of the batch that carried this row and failed: its retries send that same batch
+    # again, so that the id a receiver may have seen stays the id of the same events.
+    batch_id: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         Index(None, "status", "next_attempt_at"),

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.filters import EventFilter
 from app.models import Destination, OutboxItem
+from app.payloads import message_id
 from app.retry import Outcome, RetryPolicy, verdict_of
 
 # Rows that still want a delivery; "failed" = tried and due again at next_attempt_at.
@@ -102,6 +103,7 @@ class ClaimedItem:
     log_id: str
     attempts: int  # including the attempt this claim is for
     created_at: datetime
+    batch_id: str | None  # the failed batch it was last sent in
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +163,9 @@ async def claim_due(
         update(OutboxItem)
         .where(OutboxItem.id.in_(due.scalar_subquery()))
         .values(lease_until=lease_until, attempts=OutboxItem.attempts + 1, last_attempt_at=now)
-        .returning(OutboxItem.id, OutboxItem.log_id, OutboxItem.attempts, OutboxItem.created_at)
+        .returning(
+            OutboxItem.id, OutboxItem.log_id, OutboxItem.attempts, OutboxItem.created_at, OutboxItem.batch_id
+        )
     )
     items = sorted((ClaimedItem(*r) for r in result), key=lambda item: item.id)
     if not items:
@@ -184,6 +188,16 @@ async def claim_due(
             update(Destination).where(Destination.id == destination_id).values(backoff_until=lease_until)
         )
     return Claim(target, lease_until, items, probe) if items else None
+
+
+def batches(items: Sequence[ClaimedItem], size: int) -> list[list[ClaimedItem]]:
+    """A claim's rows in requests of up to `size`, oldest first. The rows of a batch that failed go
+    together again, and alone: its retry carries the same events under the same webhook-id."""
+    groups: dict[str | None, list[ClaimedItem]] = defaultdict(list)
+    for item in items:
+        groups[item.batch_id].append(item)
+    chunks = [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
+    return sorted(chunks, key=lambda chunk: chunk[0].id)
 
 
 async def release(conn: AsyncConnection, claim: Claim, items: Sequence[ClaimedItem], reason: str) -> None:
@@ -241,16 +255,19 @@ async def record_outcomes(
     elif sent:
         destination |= {"consecutive_failures": 0, "backoff_until": None}
 
-    buckets: dict[tuple[str, int | None, str | None], list[int]] = defaultdict(list)
+    buckets: dict[tuple[str, int | None, str | None, str | None], list[int]] = defaultdict(list)
     for items, outcome in sent:
         verdict = verdict_of(outcome)
         error = None if verdict == "delivered" else describe_outcome(outcome)
+        batch_id = None
+        if verdict == "retry" and claim.target.as_batch:
+            batch_id = message_id([item.log_id for item in items], as_batch=True)
         for item in items:
             status: str = verdict
             if verdict == "retry":
                 status = "dead" if policy.gives_up(item.attempts, item.created_at, now) else "failed"
-            buckets[(status, outcome.status_code, error)].append(item.id)
-    for (settled, code, error), ids in buckets.items():
+            buckets[(status, outcome.status_code, error, batch_id)].append(item.id)
+    for (settled, code, error, batch_id), ids in buckets.items():
         values: dict[str, Any] = {
             "status": settled,
             "lease_until": None,
@@ -261,7 +278,7 @@ async def record_outcomes(
         if settled == "delivered":
             values["delivered_at"] = now
         elif settled == "failed":
-            values["next_attempt_at"] = retry_at
+            values |= {"next_attempt_at": retry_at, "batch_id": batch_id}
         await conn.execute(
             update(OutboxItem)
             .where(OutboxItem.id.in_(ids), OutboxItem.lease_until == claim.lease_until)

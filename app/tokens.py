@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from app.config import Settings
+from app.files import private_dir
 
 Scope = Literal["ingest", "read", "admin"]
 TOKEN_FILE = "tokens.json"
@@ -89,7 +90,7 @@ def _read_kept(path: Path) -> dict[str, str]:
 
 
 def _keep(path: Path, tokens: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     temp = path.with_suffix(".tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(fd, 0o600)  # a temp file left behind keeps its mode through O_CREAT

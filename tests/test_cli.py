@@ -162,6 +162,64 @@ def test_bad_setting_exits_naming_it(
     assert not (tmp_path / "data" / "tokens.json").exists()
 
 
+def one_clean_line(result: subprocess.CompletedProcess[str], code: int, *named: str) -> None:
+    """The command failed with `code` and said why in one line naming each of `named`, no traceback."""
+    assert result.returncode == code, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("logrelay: ")]
+    assert len(lines) == 1, result.stderr
+    assert all(name in lines[0] for name in named), lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unreachable_database_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    env = clean_env(DATABASE_URL=f"postgresql://user:hunter2-secret@127.0.0.1:{free_port()}/db")
+    for command in (["migrate"], ["serve"], ["worker"]):
+        result = run(command, tmp_path, env)
+        one_clean_line(result, 1, "cannot reach the database")
+        assert "hunter2-secret" not in result.stderr
+
+
+def test_a_data_dir_that_cannot_be_made_is_named(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    env = clean_env(DATA_DIR=str(tmp_path / "a-file" / "data"))
+    for command in (["migrate"], ["serve"]):
+        one_clean_line(run(command, tmp_path, env), 2, "cannot use", str(tmp_path / "a-file"))
+
+
+def test_a_schema_newer_than_this_release_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    env = clean_env()
+    assert run(["migrate"], tmp_path, env).returncode == 0
+    with contextlib.closing(sqlite3.connect(tmp_path / "data" / "logrelay.db")) as conn, conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0099'")
+    for command in (["migrate"], ["serve"], ["poll", "--once"]):
+        one_clean_line(run(command, tmp_path, env), 2, "revision 0099", "newer than this release")
+
+
+def test_a_bad_tls_certificate_stops_serve_before_any_token_is_made(tmp_path: Path) -> None:
+    key = tmp_path / "key.pem"
+    key.write_text("not a key")
+    for args in (
+        ["--ssl-certfile", str(tmp_path / "missing.pem")],
+        ["--ssl-certfile", str(key), "--ssl-keyfile", str(key)],
+        ["--ssl-keyfile", str(key)],
+    ):
+        result = run(["serve", "--port", str(free_port()), *args], tmp_path, clean_env())
+        one_clean_line(result, 2, "ssl" if args[0] == "--ssl-keyfile" else "TLS certificate")
+        assert "LOG_STREAM_TOKEN" not in result.stderr
+        assert not (tmp_path / "data" / "tokens.json").exists()
+
+
+def test_whichever_command_generates_the_tokens_prints_them(tmp_path: Path) -> None:
+    env = clean_env()
+    first = run(["poll", "--once"], tmp_path, env)  # not configured: exits 2, after making the tokens
+    assert first.returncode == 2, first.stderr
+    token = re.search(r"LOG_STREAM_TOKEN=(\S+)", first.stderr)
+    assert token, first.stderr
+    assert orjson.loads((tmp_path / "data" / "tokens.json").read_bytes())["LOG_STREAM_TOKEN"] == token[1]
+    again = run(["poll", "--once"], tmp_path, env)
+    assert token[1] not in again.stderr
+
+
 def test_dotenv_in_the_working_directory_is_read(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("DATABASE_URL=mysql://from-dotenv\n")
     result = run(["migrate"], tmp_path, clean_env())
@@ -191,6 +249,10 @@ def test_first_start_generates_and_prints_the_token_then_reuses_it(tmp_path: Pat
         assert stat.S_IMODE(kept.stat().st_mode) == 0o600
         assert orjson.loads(kept.read_bytes())["LOG_STREAM_TOKEN"] == token
         assert (tmp_path / "data" / "logrelay.db").is_file()  # the embedded default, migrated by serve
+        # The database holds destinations' secrets and the Management API token: the owner's only.
+        assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
+        for name in ("logrelay.db", "logrelay.db-wal"):
+            assert stat.S_IMODE((tmp_path / "data" / name).stat().st_mode) == 0o600, name
 
         body = make_stream_body([event])
         response = httpx.post(f"{first.base_url}/api/logs", content=body, headers={"Authorization": token})

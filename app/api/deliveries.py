@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 
 from app import deliveries
-from app.api.deps import AdminAuth, ContextDep, StrictQuery
+from app.api.deps import MAX_DELIVERY_ID, MAX_DESTINATION_ID, AdminAuth, ContextDep, DeliveryId, StrictQuery
 
 router = APIRouter(prefix="/api/deliveries", tags=["deliveries"], dependencies=[AdminAuth, StrictQuery])
 
@@ -15,10 +15,14 @@ router = APIRouter(prefix="/api/deliveries", tags=["deliveries"], dependencies=[
 @router.get("")
 async def list_deliveries(
     context: ContextDep,
-    destination: Annotated[int | None, Query(description="A destination id")] = None,
+    destination: Annotated[
+        int | None, Query(ge=1, le=MAX_DESTINATION_ID, description="A destination id")
+    ] = None,
     status: Literal["pending", "failed", "delivered", "dead"] | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before: Annotated[int | None, Query(description="The `next` value of the previous page")] = None,
+    before: Annotated[
+        int | None, Query(ge=1, le=MAX_DELIVERY_ID, description="The `next` value of the previous page")
+    ] = None,
 ) -> dict[str, Any]:
     """Deliveries newest first: attempts, last status code, last error and next attempt time."""
     async with context.engine.connect() as conn:
@@ -28,7 +32,7 @@ async def list_deliveries(
 
 
 @router.post("/{delivery_id}/retry")
-async def retry_delivery(delivery_id: int, context: ContextDep) -> dict[str, Any]:
+async def retry_delivery(delivery_id: DeliveryId, context: ContextDep) -> dict[str, Any]:
     """Send this row again as soon as possible, with fresh attempts."""
     async with context.engine.begin() as conn:
         return await deliveries.retry_delivery(conn, delivery_id)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
@@ -22,6 +23,23 @@ async def get_context(request: Request) -> Context:
 
 
 ContextDep = Annotated[Context, Depends(get_context)]
+
+# Row ids as the columns hold them (destinations: 32-bit, outbox rows: 64-bit): a larger number is a
+# 422 here, not an overflow in the driver.
+MAX_DESTINATION_ID = 2**31 - 1
+MAX_DELIVERY_ID = 2**63 - 1
+DestinationId = Annotated[int, Path(ge=1, le=MAX_DESTINATION_ID)]
+DeliveryId = Annotated[int, Path(ge=1, le=MAX_DELIVERY_ID)]
+
+
+def utc_param(name: str, value: datetime | None) -> datetime | None:
+    """A time parameter in UTC; one without an offset is taken as UTC, as Auth0 dates are."""
+    if value is None:
+        return None
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise Unprocessable([{"parameter": name, "message": "is out of the supported date range"}]) from None
 
 
 def authorize(context: Context, scope: Scope, authorization: str | None) -> None:

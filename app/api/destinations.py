@@ -5,13 +5,13 @@ Every route needs the admin token. Secrets are accepted and never returned.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 
 from app import deliveries, destinations
-from app.api.deps import AdminAuth, ContextDep, StrictQuery
+from app.api.deps import AdminAuth, ContextDep, DestinationId, StrictQuery, utc_param
 from app.destinations import DestinationCreate, DestinationPatch
 from app.errors import Unprocessable
 
@@ -34,7 +34,7 @@ async def create_destination(fields: DestinationCreate, context: ContextDep) -> 
 
 
 @router.get("/{destination_id}")
-async def get_destination(destination_id: int, context: ContextDep) -> dict[str, Any]:
+async def get_destination(destination_id: DestinationId, context: ContextDep) -> dict[str, Any]:
     """A destination and its health: last success and failure, backlog, oldest pending age."""
     async with context.engine.connect() as conn:
         destination = await destinations.get_destination(conn, destination_id)
@@ -44,7 +44,7 @@ async def get_destination(destination_id: int, context: ContextDep) -> dict[str,
 
 @router.patch("/{destination_id}")
 async def update_destination(
-    destination_id: int, fields: DestinationPatch, context: ContextDep
+    destination_id: DestinationId, fields: DestinationPatch, context: ContextDep
 ) -> dict[str, Any]:
     """Change some fields of a destination (a secret set to null is removed)."""
     async with context.engine.begin() as conn:
@@ -55,7 +55,7 @@ async def update_destination(
 
 
 @router.delete("/{destination_id}", status_code=204)
-async def delete_destination(destination_id: int, context: ContextDep) -> Response:
+async def delete_destination(destination_id: DestinationId, context: ContextDep) -> Response:
     """Delete a destination and its queued and past deliveries."""
     async with context.engine.begin() as conn:
         await destinations.delete_destination(conn, destination_id)
@@ -64,14 +64,14 @@ async def delete_destination(destination_id: int, context: ContextDep) -> Respon
 
 @router.post("/{destination_id}/replay")
 async def replay(
-    destination_id: int,
+    destination_id: DestinationId,
     context: ContextDep,
     since: Annotated[datetime | None, Query(description="Events dated at or after this time")] = None,
     until: Annotated[datetime | None, Query(description="Events dated before this time")] = None,
     type: Annotated[str | None, Query(description="Codes or categories, comma-separated")] = None,
 ) -> dict[str, int]:
     """Queue stored events for this destination again (those already waiting are skipped)."""
-    since, until = _aware(since), _aware(until)
+    since, until = utc_param("since", since), utc_param("until", until)
     if since and until and since >= until:
         raise Unprocessable([{"parameter": "until", "message": "must be later than since"}])
     types = [t.strip() for t in (type or "").split(",") if t.strip()]
@@ -80,21 +80,14 @@ async def replay(
 
 
 @router.post("/{destination_id}/retry-dead")
-async def retry_dead(destination_id: int, context: ContextDep) -> dict[str, int]:
+async def retry_dead(destination_id: DestinationId, context: ContextDep) -> dict[str, int]:
     """Queue every dead letter of this destination again, with fresh attempts."""
     async with context.engine.begin() as conn:
         return {"queued": await deliveries.retry_all(conn, destination_id, "dead")}
 
 
 @router.post("/{destination_id}/retry-failed")
-async def retry_failed(destination_id: int, context: ContextDep) -> dict[str, int]:
+async def retry_failed(destination_id: DestinationId, context: ContextDep) -> dict[str, int]:
     """Send every failed row of this destination again now, with fresh attempts."""
     async with context.engine.begin() as conn:
         return {"queued": await deliveries.retry_all(conn, destination_id, "failed")}
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    """A time without an offset is taken as UTC, as Auth0 dates are."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import ContextDep, ReadAuth, StrictQuery
+from app.api.deps import ContextDep, ReadAuth, StrictQuery, utc_param
 from app.api.event_models import ERRORS, NOT_FOUND, Event, EventPage, Stats
 from app.auth0.catalog import Category
 from app.cursor import MAX_CURSOR_LENGTH, decode_cursor, encode_cursor
@@ -97,7 +97,7 @@ def event_query(
     for name, value in texts.items():
         if value and "\x00" in value:  # PostgreSQL refuses NUL in text; no stored value holds one
             raise _invalid(name, "must not contain a NUL character")
-    since, until = _utc("since", since), _utc("until", until)
+    since, until = utc_param("since", since), utc_param("until", until)
     if since and until and since >= until:
         raise _invalid("until", "must be later than since")
     return EventQuery(types, category, user_id, user_name, client_id, connection, ip, since, until, q)
@@ -198,15 +198,6 @@ async def stats_route(
             "buckets": buckets,
         }
     )
-
-
-def _utc(name: str, value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    except OverflowError:
-        raise _invalid(name, "is out of the supported date range") from None
 
 
 def _invalid(parameter: str, message: str) -> Unprocessable:

@@ -26,3 +26,8 @@ async def readyz(context: ContextDep) -> dict[str, str]:
     except Exception as exc:
         raise Unavailable(f"the database does not answer: {type(exc).__name__}") from None
     return {"status": "ready"}
+
+
+# HEAD too, as uptime checkers often probe with it (one operation each in the OpenAPI document).
+for _path, _route in (("/healthz", healthz), ("/readyz", readyz)):
+    router.add_api_route(_path, _route, methods=["HEAD"], include_in_schema=False)

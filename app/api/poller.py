@@ -11,10 +11,11 @@ from app import poller, poller_state
 from app.api.deps import AdminAuth, ContextDep, ReadAuth, StrictQuery
 from app.errors import Conflict
 
-router = APIRouter(tags=["poller"], dependencies=[StrictQuery])
+router = APIRouter(tags=["poller"])
 
 
-@router.get("/api/poller", dependencies=[ReadAuth])
+# The token first, then the query: an anonymous request learns nothing of the parameters.
+@router.get("/api/poller", dependencies=[ReadAuth, StrictQuery])
 async def get_poller(context: ContextDep) -> dict[str, Any]:
     """The poller's checkpoint, its last run and how far it trails real time."""
     settings = context.settings
@@ -24,7 +25,7 @@ async def get_poller(context: ContextDep) -> dict[str, Any]:
     return {"enabled": bool(settings.auth0_domain), "schedule": settings.poll_schedule, **status}
 
 
-@router.post("/api/poller/run", dependencies=[AdminAuth])
+@router.post("/api/poller/run", dependencies=[AdminAuth, StrictQuery])
 async def run_poller(context: ContextDep) -> dict[str, Any]:
     """Run one poll pass now and answer with its result (bounded by POLL_MAX_RUN_SECONDS)."""
     if not context.settings.auth0_domain:

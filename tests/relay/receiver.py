@@ -26,6 +26,7 @@ class Answer:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b"ok"
+    stall: float = 0.0  # seconds to wait after the first bytes of the body before the rest
 
 
 class Receiver:
@@ -81,6 +82,11 @@ class Receiver:
         raw_headers = [(b"content-type", b"text/plain")]
         raw_headers += [(k.encode(), v.encode()) for k, v in answer.headers.items()]
         await send({"type": "http.response.start", "status": answer.status, "headers": raw_headers})
+        if answer.stall:
+            await send({"type": "http.response.body", "body": answer.body[:1], "more_body": True})
+            await asyncio.sleep(answer.stall)
+            await send({"type": "http.response.body", "body": answer.body[1:]})
+            return
         await send({"type": "http.response.body", "body": answer.body})
 
     def answer(self, *answers: Answer | int) -> None:

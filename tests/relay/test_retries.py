@@ -228,7 +228,8 @@ async def test_a_killed_worker_rows_are_sent_after_the_lease_expires(
     receiver: Receiver,
     engine: AsyncEngine,
 ) -> None:
-    settings = relay_settings(delivery_lease=timedelta(seconds=0.3))
+    # The lease must outlast 4 request timeouts (a round's longest); the receiver answers at once.
+    settings = relay_settings(delivery_lease=timedelta(seconds=1), delivery_timeout=0.24)
     live = await start_server(settings)
     async with httpx.AsyncClient(
         base_url=live.base_url, headers={"Authorization": "admin-token-for-tests"}
@@ -243,7 +244,7 @@ async def test_a_killed_worker_rows_are_sent_after_the_lease_expires(
     assert claim is not None
     assert len(claim.items) == 3
     assert await deliver_once(live.context) == 0  # leased: nobody else sends them
-    await asyncio.sleep(0.35)
+    await asyncio.sleep(1.05)
     assert await deliver_once(live.context) == 3
     assert len(receiver.events()) == 3
     assert {row.status for row in await rows(engine)} == {"delivered"}
@@ -319,3 +320,37 @@ async def test_a_rejected_event_does_not_hold_up_the_others(
     assert health["last_error"] == "HTTP 400: schema mismatch"
     assert health["last_failure_at"] is not None
     assert {row.attempts for row in await rows(engine)} == {1}
+
+
+async def test_a_failed_batch_is_retried_as_the_same_batch_under_the_same_webhook_id(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver, engine: AsyncEngine
+) -> None:
+    await add_destination(api, receiver.url, batch_size=10, concurrent_calls=1)
+    first = [make_event(type="f") for _ in range(3)]
+    await ingest(api, first)
+    receiver.answer(500)  # the receiver may have stored it before failing: the id is its only clue
+    assert await deliver_once(relay.context) == 3
+    [failed] = receiver.requests
+    batch_id = failed.headers["webhook-id"]
+    assert {row.batch_id for row in await rows(engine)} == {batch_id}
+
+    later = [make_event(type="f") for _ in range(4)]
+    await ingest(api, later)  # room for them in the failed batch: they go in a batch of their own
+    assert await next_round(relay.context) == 7
+    retried, fresh = sorted(receiver.requests[1:], key=lambda r: r.headers["webhook-id"] != batch_id)
+    assert retried.headers["webhook-id"] == batch_id
+    assert retried.json() == failed.json()
+    assert [e["log_id"] for e in fresh.json()] == [e["log_id"] for e in later]
+    assert fresh.headers["webhook-id"] != batch_id
+    assert {row.status for row in await rows(engine)} == {"delivered"}
+
+
+def test_batches_keep_a_failed_batch_whole_and_alone() -> None:
+    now = datetime.now(UTC)
+
+    def item(row_id: int, batch_id: str | None) -> outbox.ClaimedItem:
+        return outbox.ClaimedItem(row_id, f"log-{row_id}", 1, now, batch_id)
+
+    claimed = [item(1, "b1"), item(2, "b1"), item(3, None), item(4, "b2"), item(5, None), item(6, "b1")]
+    chunks = outbox.batches(claimed, 2)
+    assert [[i.id for i in chunk] for chunk in chunks] == [[1, 2], [3, 5], [4], [6]]

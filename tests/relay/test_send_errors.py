@@ -119,3 +119,61 @@ async def test_a_receiver_that_echoes_the_secrets_back_does_not_reveal_them(
     await assert_never_shown(api, destination["id"], SECRET, token, SIGNING)
     for secret in (SECRET, token, SIGNING):
         assert secret not in service_logs.text
+
+
+@pytest.mark.parametrize("relay", [{"delivery_timeout": 0.2}], indirect=True)
+async def test_a_2xx_whose_answer_stalls_is_delivered_not_sent_again(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    destination = await add_destination(api, receiver.url)
+    await ingest(api, [make_event()])
+    receiver.answer(Answer(200, body=b"accepted, slowly", stall=0.6))  # the receiver took it
+    assert await deliver_all(relay.context) == 1
+    assert len(receiver.requests) == 1
+    assert (await statuses(api, destination["id"]))["delivered"] == 1
+
+
+async def test_the_authorization_setting_wins_over_credentials_in_the_url(
+    api: httpx.AsyncClient, relay: LiveServer, receiver: Receiver
+) -> None:
+    url = receiver.url.replace("http://", "http://url-user:url-password-0123@")
+    await add_destination(api, url, authorization=f"Bearer {SECRET}")
+    await ingest(api, [make_event()])
+    await deliver_all(relay.context)
+    assert receiver.requests[0].headers["authorization"] == f"Bearer {SECRET}"
+
+
+async def test_echoed_url_credentials_are_masked(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver, service_logs: pytest.LogCaptureFixture
+) -> None:
+    url = receiver.url.replace("http://", "http://url-user-0123:url-password-4567@")
+    destination = await add_destination(api, url)
+    await ingest(api, [make_event()])
+    receiver.default = Answer(400)
+    await deliver_all(relay.context)
+    basic = receiver.requests[0].headers["authorization"]  # httpx made it of the URL's credentials
+    receiver.default = Answer(400, body=f"refused {basic} for url-user-0123".encode())
+    await api.post(f"/api/destinations/{destination['id']}/retry-dead")
+    await deliver_all(relay.context)
+
+    [row] = (await api.get("/api/deliveries")).json()["items"]
+    assert row["last_error"] == "HTTP 400: refused Basic *** for ***"
+    for secret in ("url-password-4567", basic.removeprefix("Basic "), "url-user-0123"):
+        await assert_never_shown(api, destination["id"], secret)
+        assert secret not in service_logs.text
+
+
+async def test_an_echoed_slack_webhook_path_is_masked(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver, service_logs: pytest.LogCaptureFixture
+) -> None:
+    path = "/services/T0SECRET1/B0SECRET2/SLACKTOKEN3456"  # a Slack webhook's path is its token
+    destination = await add_destination(api, receiver.url + path, kind="slack")
+    await ingest(api, [make_event(type="f")])
+    receiver.default = Answer(404, body=f"no such hook: {path}".encode())
+    await deliver_all(relay.context)
+
+    [row] = (await api.get("/api/deliveries")).json()["items"]
+    assert row["last_error"] == "HTTP 404: no such hook: /services/***/***/***"
+    for secret in ("T0SECRET1", "B0SECRET2", "SLACKTOKEN3456"):
+        await assert_never_shown(api, destination["id"], secret)
+        assert secret not in service_logs.text

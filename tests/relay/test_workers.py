@@ -67,7 +67,7 @@ async def test_a_stuck_destination_never_slows_ingest(
     receiver: Receiver,
     engine: AsyncEngine,
 ) -> None:
-    live = await start_server(relay_settings(run_workers=True, delivery_timeout=60.0))
+    live = await start_server(relay_settings(run_workers=True, delivery_timeout=60.0, delivery_lease=300))
     receiver.hold = asyncio.Event()  # the receiver accepts the request and never answers
     async with httpx.AsyncClient(base_url=live.base_url, headers={"Authorization": ADMIN_TOKEN}) as api:
         await add_destination(api, receiver.url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,12 @@ def test_dotenv_file(tmp_path: Path) -> None:
         ("FORWARD_SIGNING_SECRET", "short-secret"),
         ("FORWARD_AUTHORIZATION", "Bearer sk_live_SECRET "),
         ("AUTHORIZATION", "Basic abc\r\nX-Injected: 1"),
+        ("HOST", ""),  # "" would bind every interface
+        ("LOG_LEVEL", "loud"),
+        ("SERVICE_LOG_LEVEL", "verbose"),
+        ("DELIVERY_MAX_AGE", "soon"),
+        ("SIGNING_SECRET_GRACE", "P31D"),
+        ("SIGNING_SECRET_GRACE", "-1"),
     ],
 )
 def test_bad_values_name_the_setting(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
@@ -151,3 +158,39 @@ def test_defaults() -> None:
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
     assert settings.max_body_bytes == 16 * 1024 * 1024
     assert settings.log_stream_token == []
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("90", timedelta(seconds=90)),
+        (" 2.5 ", timedelta(seconds=2.5)),
+        ("0", timedelta(0)),
+        ("PT90S", timedelta(seconds=90)),
+        ("P3D", timedelta(days=3)),
+    ],
+)
+def test_durations_take_seconds_or_iso_8601(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: timedelta
+) -> None:
+    for name in ("DELIVERY_MAX_AGE", "DELIVERY_KEEP_DELIVERED", "SIGNING_SECRET_GRACE"):
+        monkeypatch.setenv(name, value)
+    settings = make()
+    assert settings.delivery_max_age == settings.delivery_keep_delivered == expected
+    assert settings.signing_secret_grace == expected
+    monkeypatch.setenv("DELIVERY_LEASE", "120")
+    assert make().delivery_lease == timedelta(seconds=120)
+
+
+def test_level_names_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVICE_LOG_LEVEL", "INFO")
+    monkeypatch.setenv("LOG_LEVEL", "Warn")
+    settings = make()
+    assert (settings.service_log_level, settings.log_level) == ("info", 2)
+
+
+def test_a_lease_shorter_than_a_round_is_refused() -> None:
+    # A single-mode round may send 4 requests one after another on a slot, each up to the timeout.
+    with pytest.raises(ValidationError, match="DELIVERY_LEASE must be longer than 4 times DELIVERY_TIMEOUT"):
+        make(delivery_lease=40, delivery_timeout=10)
+    assert make(delivery_lease=41, delivery_timeout=10).delivery_lease == timedelta(seconds=41)

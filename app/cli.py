@@ -15,7 +15,7 @@ from typing import Annotated, NoReturn
 import typer
 import uvicorn
 from pydantic import ValidationError
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from app import __version__, migrate
 from app.config import Settings
@@ -52,7 +52,10 @@ def start_up_errors() -> Iterator[None]:
     except (migrate.SchemaError, TokenFileError) as exc:
         fail(str(exc), 2)
     except DBAPIError as exc:  # the driver's first line; SQLAlchemy's text adds the statement
-        fail(f"cannot reach the database ({str(exc.orig).strip().splitlines()[0]})", 1)
+        reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
+        if isinstance(exc, (OperationalError, InterfaceError)):
+            fail(f"cannot reach the database ({reason})", 1)
+        fail(f"the database refused: {reason}", 1)
     except OSError as exc:
         if exc.filename:  # DATA_DIR, the SQLite file or tokens.json
             fail(f"cannot use {exc.filename}: {exc.strerror}", 2)

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, MetaData, create_engine, event
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import Engine, MetaData, create_engine, event, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
 from app.config import Settings
@@ -47,11 +47,32 @@ _ENGINE_OPTIONS: dict[str, Any] = {
 }
 
 
+# Keys of transaction-level advisory locks (PostgreSQL), "lr" in the high half.
+ENV_DESTINATIONS_LOCK = 0x6C720001
+REPLAY_LOCK = 0x6C720002
+MIGRATE_LOCK = 0x6C720003
+
+
+async def take_turns(conn: AsyncConnection, key: int, sub: int = 0) -> None:
+    """Make transactions that read rows and then write on what they read take turns across replicas:
+    on PostgreSQL a transaction-level advisory lock on (key, sub), released when the transaction
+    ends. SQLite lets one writer in at a time already."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:key, :sub)"), {"key": key, "sub": sub})
+
+
+def sqlite_path(settings: Settings) -> Path | None:
+    """The SQLite database file (None on PostgreSQL)."""
+    if not settings.is_sqlite:
+        return None
+    path = settings.database_url.split("///", 1)[-1].partition("?")[0]
+    return Path(path) if path else None
+
+
 def make_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
     if settings.is_sqlite:
-        path = settings.database_url.split("///", 1)[-1].partition("?")[0]
-        if path:
-            private_file(Path(path))
+        if path := sqlite_path(settings):
+            private_file(path)
         engine = create_async_engine(
             settings.database_url,
             **_ENGINE_OPTIONS,

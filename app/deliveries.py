@@ -13,6 +13,7 @@ from sqlalchemy import and_, func, insert, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.auth0.catalog import CATEGORIES, LOG_TYPES
+from app.db import REPLAY_LOCK, take_turns
 from app.errors import Conflict, NotFound, Unprocessable
 from app.filters import EventFilter
 from app.models import Destination, LogEvent, OutboxItem
@@ -150,6 +151,7 @@ async def _queue_page(
     conn: AsyncConnection, destination_id: int, wanted: EventFilter, rows: list[Any]
 ) -> int:
     """Queue the page's matching events, but those already waiting for the destination."""
+    await take_turns(conn, REPLAY_LOCK, destination_id)  # two replays at once would both queue a page
     waiting = set(
         await conn.scalars(
             select(OutboxItem.log_id).where(

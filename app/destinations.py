@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app import outbox
 from app.auth0.catalog import CATEGORIES, LOG_TYPES
+from app.db import ENV_DESTINATIONS_LOCK, take_turns
 from app.errors import Conflict, NotFound, Unprocessable
 from app.models import Destination, UTCDateTime, utcnow
 from app.payloads import check_header_value, check_signing_secret
@@ -262,6 +263,7 @@ async def sync_env_destinations(
     An env destination whose variable was removed is disabled, not deleted: its delivery history
     stays readable and its pending rows wait (setting the variable again resumes them).
     """
+    await take_turns(conn, ENV_DESTINATIONS_LOCK)  # replicas starting together: one inserts, the rest update
     delivery = [getattr(Destination, name) for name in sorted(DELIVERY_FIELDS)]
     query = select(Destination.id, Destination.name, Destination.origin, *delivery)
     existing = {row.name: row for row in await conn.execute(query)}

@@ -3,7 +3,10 @@ tokens, destinations' credentials, the Management API token)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -20,3 +23,15 @@ def private_file(path: Path) -> None:
     if not path.exists():
         private_dir(path.parent)
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (created 0600), for processes that share a folder."""
+    private_dir(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when the file is closed
+        yield
+    finally:
+        os.close(fd)

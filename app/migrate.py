@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -11,7 +13,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from app.config import Settings
-from app.db import make_engine
+from app.db import make_engine, sqlite_path
+from app.files import exclusive_lock
 
 
 def alembic_config(settings: Settings) -> Config:
@@ -31,9 +34,22 @@ class SchemaError(Exception):
 
 
 def upgrade(settings: Settings, revision: str = "head") -> None:
-    if revision == "head":
-        _known(settings, _current(settings))
-    command.upgrade(alembic_config(settings), revision)
+    with _one_at_a_time(settings):
+        if revision == "head":
+            _known(settings, _current(settings))
+        command.upgrade(alembic_config(settings), revision)
+
+
+@contextmanager
+def _one_at_a_time(settings: Settings) -> Iterator[None]:
+    """Processes migrating one database at once (serve and worker starting together) take turns, and
+    the later ones find it current. PostgreSQL: an advisory lock in migrations/env.py."""
+    path = sqlite_path(settings)
+    if path is None:
+        yield
+        return
+    with exclusive_lock(path.with_name(path.name + "-migrate.lock")):
+        yield
 
 
 def downgrade(settings: Settings, revision: str = "base") -> None:

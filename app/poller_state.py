@@ -29,6 +29,14 @@ ADVISORY_KEY = int.from_bytes(b"logrelay", "big")
 # Run history: the last day always stays (the daily report reads it); older runs go once they are
 # older than LOG_RETENTION_DAYS or beyond the newest KEEP_RUNS.
 KEEP_RUNS = 1000
+# The advisory lock as pg_locks shows it (a bigint key as classid, the high 32 bits, and objid), in
+# this database only: another database on the server may run a logrelay of its own.
+_HELD = (
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+    "AND classid::bigint = :high AND objid::bigint = :low AND objsubid = 1 "
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()){holder})"
+)
+_KEY = {"high": ADVISORY_KEY >> 32, "low": ADVISORY_KEY & 0xFFFFFFFF}
 
 
 class LeaseLost(Exception):
@@ -44,11 +52,12 @@ class State:
 
 @dataclass(slots=True)
 class Lease:
-    """Proof that this pass may move the checkpoint. `owner` fences writes on SQLite; PostgreSQL
-    holds an advisory lock instead (owner None)."""
+    """Proof that this pass may move the checkpoint. `owner` fences writes on SQLite; on PostgreSQL
+    the advisory lock is held by the backend `pid` (owner None), and each write checks it still is."""
 
     owner: str | None
     seconds: float
+    pid: int | None = None
 
 
 async def ensure_state(conn: AsyncConnection) -> None:
@@ -78,6 +87,11 @@ async def save_checkpoint(
     if lease.owner is not None:
         statement = statement.where(PollerState.lease_owner == lease.owner)
         values["lease_until"] = now + timedelta(seconds=lease.seconds)
+    if lease.pid is not None:
+        # The lock's connection may have dropped (an idle timeout, a proxy), and another pass taken it.
+        held = await conn.scalar(text(_HELD.format(holder=" AND pid = :pid")), _KEY | {"pid": lease.pid})
+        if not held:
+            raise LeaseLost("this pass lost its advisory lock; this page was not stored")
     result = await conn.execute(statement.values(**values))
     if result.rowcount != 1:
         raise LeaseLost("another poller pass took over the lease; this page was not stored")
@@ -113,8 +127,9 @@ async def hold_pass_lock(engine: AsyncEngine, lease_seconds: float) -> AsyncIter
             if not await conn.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_KEY}):
                 yield None
                 return
+            pid = await conn.scalar(text("SELECT pg_backend_pid()"))
             try:
-                yield Lease(None, lease_seconds)
+                yield Lease(None, lease_seconds, pid)
             finally:
                 # A broken connection has dropped the lock already.
                 with contextlib.suppress(Exception):
@@ -148,15 +163,7 @@ async def hold_pass_lock(engine: AsyncEngine, lease_seconds: float) -> AsyncIter
 async def is_pass_running(conn: AsyncConnection) -> bool:
     """Whether some process holds the pass lock now (the advisory lock, or an unexpired lease)."""
     if conn.dialect.name == "postgresql":
-        # pg_locks shows a bigint advisory key as classid (high 32 bits) and objid (low 32 bits).
-        held = await conn.scalar(
-            text(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                "AND classid::bigint = :high AND objid::bigint = :low AND objsubid = 1)"
-            ),
-            {"high": ADVISORY_KEY >> 32, "low": ADVISORY_KEY & 0xFFFFFFFF},
-        )
-        return bool(held)
+        return bool(await conn.scalar(text(_HELD.format(holder="")), _KEY))
     until = await conn.scalar(select(PollerState.lease_until).where(PollerState.name == STATE))
     return until is not None and until > datetime.now(UTC)
 

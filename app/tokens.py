@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from app.config import Settings
-from app.files import private_dir
+from app.files import exclusive_lock, private_dir
 
 Scope = Literal["ingest", "read", "admin"]
 TOKEN_FILE = "tokens.json"
@@ -60,19 +60,22 @@ def _header_bytes(value: str) -> bytes:
 def load_tokens(settings: Settings) -> Tokens:
     """Tokens from the settings, else from the data directory, else newly generated and kept."""
     path = settings.data_dir / TOKEN_FILE
+    configured = {
+        scope: tuple(s.get_secret_value() for s in getattr(settings, setting.lower()))
+        for scope, setting in _SETTING.items()
+    }
     kept = _read_kept(path)
     generated: dict[str, str] = {}
-    values: dict[str, tuple[str, ...]] = {}
-    for scope, setting in _SETTING.items():
-        configured = [s.get_secret_value() for s in getattr(settings, setting.lower())]
-        if configured:
-            values[scope] = tuple(configured)
-            continue
-        if setting not in kept:
-            kept[setting] = generated[setting] = secrets.token_urlsafe(32)
-        values[scope] = (kept[setting],)
-    if generated:
-        _keep(path, kept)
+    if any(not configured[scope] and setting not in kept for scope, setting in _SETTING.items()):
+        # Processes that share the data directory may all start at once: one generates, the rest read.
+        with exclusive_lock(path.with_suffix(".lock")):
+            kept = _read_kept(path)
+            for scope, setting in _SETTING.items():
+                if not configured[scope] and setting not in kept:
+                    kept[setting] = generated[setting] = secrets.token_urlsafe(32)
+            if generated:
+                _keep(path, kept)
+    values = {scope: configured[scope] or (kept[setting],) for scope, setting in _SETTING.items()}
     return Tokens(values["ingest"], values["read"], values["admin"], generated, path)
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from app import models  # noqa: F401  (registers the tables)
 from app.config import Settings
-from app.db import Base, make_engine
+from app.db import MIGRATE_LOCK, Base, make_engine
 
 target_metadata = Base.metadata
 
@@ -22,6 +23,10 @@ def _migrate(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Replicas migrating at once take turns; the next one reads the version after this one
+            # commits (READ COMMITTED) and finds nothing to do.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATE_LOCK})
         context.run_migrations()
 
 

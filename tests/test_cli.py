@@ -132,6 +132,22 @@ def test_migrate_on_a_fresh_sqlite_file(tmp_path: Path) -> None:
     assert revision
 
 
+def test_processes_migrating_at_once_take_turns(tmp_path: Path) -> None:
+    # serve and worker both migrate the embedded SQLite when they start, possibly together.
+    env = clean_env()
+    command = [str(LOGRELAY), "migrate"]
+    processes = [
+        subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    errors = [process.communicate(timeout=120)[1] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0, 0], errors
+    with contextlib.closing(sqlite3.connect(tmp_path / "data" / "logrelay.db")) as conn:
+        assert conn.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
+
+
 def test_version(tmp_path: Path) -> None:
     result = run(["version"], tmp_path, clean_env())
     assert result.returncode == 0

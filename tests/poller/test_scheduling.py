@@ -13,13 +13,13 @@ import httpx
 import orjson
 import pytest
 from pydantic import ValidationError
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.models import LogEvent, PollerRun, PollerState
 from app.poller import poll_once, run_poll_command
-from app.poller_state import KEEP_RUNS, is_pass_running
+from app.poller_state import ADVISORY_KEY, KEEP_RUNS, is_pass_running
 from app.schedule import parse_schedule
 from tests.conftest import ADMIN_TOKEN, READ_TOKEN, bearer, is_postgres
 from tests.poller.fake_auth0 import FakeAuth0, make_logs
@@ -175,8 +175,25 @@ async def test_logrelay_poll_once_as_a_process(
     assert await count(engine) == 6
 
 
-@pytest.mark.skipif(is_postgres(), reason="PostgreSQL holds an advisory lock instead of a lease")
-async def test_a_pass_that_lost_its_sqlite_lease_cannot_move_the_checkpoint(
+async def take_the_pass_lock_away(engine: AsyncEngine) -> str:
+    """End the running pass's hold on polling as it can end; what that pass is then told."""
+    async with engine.begin() as conn:
+        if not is_postgres():  # the lease runs out (a process frozen far too long)
+            expired = datetime.now(UTC) - timedelta(seconds=1)
+            await conn.execute(update(PollerState).values(lease_until=expired))
+            return "took over the lease"
+        killed = await conn.scalar(  # the lock's connection drops (an idle timeout, a proxy)
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND classid::bigint = :high AND objid::bigint = :low"
+            ),
+            {"high": ADVISORY_KEY >> 32, "low": ADVISORY_KEY & 0xFFFFFFFF},
+        )
+        assert killed
+        return "lost its advisory lock"
+
+
+async def test_a_pass_that_lost_its_lock_cannot_move_the_checkpoint(
     fake: FakeAuth0, poller_settings: Callable[..., Settings], context_for: Any, engine: AsyncEngine
 ) -> None:
     items = make_logs(30)
@@ -186,10 +203,7 @@ async def test_a_pass_that_lost_its_sqlite_lease_cannot_move_the_checkpoint(
     async with context_for(settings) as replica_a, context_for(settings) as replica_b:
         stalled = asyncio.create_task(poll_once(replica_a))
         await fake.held.wait()
-        async with engine.begin() as conn:  # A's lease runs out (a process frozen far too long)
-            await conn.execute(
-                update(PollerState).values(lease_until=datetime.now(UTC) - timedelta(seconds=1))
-            )
+        told = await take_the_pass_lock_away(engine)
         fake.hold_from = None
         taken_over = await poll_once(replica_b)
         fake.release.set()
@@ -197,7 +211,7 @@ async def test_a_pass_that_lost_its_sqlite_lease_cannot_move_the_checkpoint(
     assert taken_over.ran
     assert taken_over.ok
     assert late.error is not None
-    assert "took over the lease" in late.error
+    assert told in late.error
     assert await count(engine) == 30
     async with engine.connect() as conn:
         assert await conn.scalar(select(PollerState.checkpoint)) == items[-1]["_id"]

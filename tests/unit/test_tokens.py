@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import stat
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +83,30 @@ def test_unset_tokens_are_generated_kept_and_reused(tmp_path: Path) -> None:
     second = load_tokens(settings_for(tmp_path))
     assert second.generated == {}
     assert (second.ingest, second.read, second.admin) == (first.ingest, first.read, first.admin)
+
+
+def _start_with_others(barrier: Barrier, data_dir: Path, results: Queue[tuple[str, bool]]) -> None:
+    barrier.wait()
+    tokens = load_tokens(settings_for(data_dir))
+    results.put((tokens.ingest[0], bool(tokens.generated)))
+
+
+def test_processes_starting_together_share_one_set_of_tokens(tmp_path: Path) -> None:
+    # serve --workers N, or serve and worker on one SQLite file, share the data directory.
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(6), context.Queue()
+    processes = [
+        context.Process(target=_start_with_others, args=(barrier, tmp_path, results)) for _ in range(6)
+    ]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=30) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+        assert process.exitcode == 0
+    assert len({token for token, _ in outcomes}) == 1
+    assert sum(generated for _, generated in outcomes) == 1  # one process generated and printed them
+    assert orjson.loads((tmp_path / "data" / TOKEN_FILE).read_bytes())["LOG_STREAM_TOKEN"] == outcomes[0][0]
 
 
 def test_configured_tokens_win_and_are_not_written(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from standardwebhooks import Webhook
 
 from app import outbox
 from app.context import USER_AGENT, Context
-from app.destinations import forget_expired_secrets, is_slack_url
+from app.destinations import forget_expired_secrets, path_is_token
 from app.models import Destination, LogEvent
 from app.outbox import Claim, ClaimedItem, Target
 from app.payloads import is_header_value, message_id, render_body, signing_key
@@ -191,7 +191,7 @@ def _masked(text: str, target: Target) -> str:
     # Values long enough to be tokens (masking short ones, "v=1", would garble the text): query
     # values, a user name, and the path segments of a Slack webhook (its path is Slack's token).
     candidates = [value for _, value in url.params.multi_items()] + [url.username]
-    if target.kind == "slack" or is_slack_url(url.host):
+    if path_is_token(target.kind, url.host):
         candidates += [part for part in url.path.split("/") if part != "services"]
     secrets += [value for value in candidates if len(value) >= MIN_MASKED_CHARS]
     for secret in secrets:

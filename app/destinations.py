@@ -378,9 +378,9 @@ def _shown(row: Any) -> dict[str, Any]:
     return destination
 
 
-def is_slack_url(host: str | None) -> bool:
-    """A Slack incoming-webhook host, whose URL path is the webhook's token."""
-    return (host or "").lower() == "hooks.slack.com"
+def path_is_token(kind: str, host: str | None) -> bool:
+    """Whether a destination's URL path is a secret: a Slack incoming webhook's path is its token."""
+    return kind == "slack" or (host or "").lower() == "hooks.slack.com"
 
 
 def shown_url(url: str, kind: str) -> str:
@@ -392,7 +392,7 @@ def shown_url(url: str, kind: str) -> str:
         return "***"
     _, at, host = parts.netloc.rpartition("@")
     netloc = f"***@{host}" if at else host
-    if kind == "slack" or is_slack_url(parts.hostname):
+    if path_is_token(kind, parts.hostname):
         return f"{parts.scheme}://{netloc}/…"
     shown = f"{parts.scheme}://{netloc}{parts.path}"
     if parts.query:

@@ -32,8 +32,16 @@ DestinationId = Annotated[int, Path(ge=1, le=MAX_DESTINATION_ID)]
 DeliveryId = Annotated[int, Path(ge=1, le=MAX_DELIVERY_ID)]
 
 
-def utc_param(name: str, value: datetime | None) -> datetime | None:
-    """A time parameter in UTC; one without an offset is taken as UTC, as Auth0 dates are."""
+def utc_range(since: datetime | None, until: datetime | None) -> tuple[datetime | None, datetime | None]:
+    """`since` and `until` parameters in UTC, the first before the second; one without an offset is
+    taken as UTC, as Auth0 dates are."""
+    since, until = _utc("since", since), _utc("until", until)
+    if since and until and since >= until:
+        raise Unprocessable([{"parameter": "until", "message": "must be later than since"}])
+    return since, until
+
+
+def _utc(name: str, value: datetime | None) -> datetime | None:
     if value is None:
         return None
     try:

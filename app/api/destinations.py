@@ -11,9 +11,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 
 from app import deliveries, destinations
-from app.api.deps import AdminAuth, ContextDep, DestinationId, StrictQuery, utc_param
+from app.api.deps import AdminAuth, ContextDep, DestinationId, StrictQuery, utc_range
 from app.destinations import DestinationCreate, DestinationPatch
-from app.errors import Unprocessable
 
 router = APIRouter(prefix="/api/destinations", tags=["destinations"], dependencies=[AdminAuth, StrictQuery])
 
@@ -71,9 +70,7 @@ async def replay(
     type: Annotated[str | None, Query(description="Codes or categories, comma-separated")] = None,
 ) -> dict[str, int]:
     """Queue stored events for this destination again (those already waiting are skipped)."""
-    since, until = utc_param("since", since), utc_param("until", until)
-    if since and until and since >= until:
-        raise Unprocessable([{"parameter": "until", "message": "must be later than since"}])
+    since, until = utc_range(since, until)
     types = [t.strip() for t in (type or "").split(",") if t.strip()]
     queued = await deliveries.replay(context.engine, destination_id, since=since, until=until, types=types)
     return {"queued": queued}

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import ContextDep, ReadAuth, StrictQuery, utc_param
+from app.api.deps import ContextDep, ReadAuth, StrictQuery, utc_range
 from app.api.event_models import ERRORS, NOT_FOUND, Event, EventPage, Stats
 from app.auth0.catalog import Category
 from app.cursor import MAX_CURSOR_LENGTH, decode_cursor, encode_cursor
@@ -97,9 +97,7 @@ def event_query(
     for name, value in texts.items():
         if value and "\x00" in value:  # PostgreSQL refuses NUL in text; no stored value holds one
             raise _invalid(name, "must not contain a NUL character")
-    since, until = utc_param("since", since), utc_param("until", until)
-    if since and until and since >= until:
-        raise _invalid("until", "must be later than since")
+    since, until = utc_range(since, until)
     return EventQuery(types, category, user_id, user_name, client_id, connection, ip, since, until, q)
 
 

@@ -38,6 +38,13 @@ class Unauthorized(AppError):
     error = "unauthorized"
 
 
+class Forbidden(AppError):
+    """A valid token of another scope."""
+
+    status_code = 403
+    error = "forbidden"
+
+
 class NotFound(AppError):
     status_code = 404
     error = "not_found"

@@ -11,14 +11,15 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from app.config import Settings
 from app.files import exclusive_lock, private_dir
 
 Scope = Literal["ingest", "read", "admin"]
+SCOPES: tuple[Scope, ...] = get_args(Scope)
 TOKEN_FILE = "tokens.json"
-_SETTING = {"ingest": "LOG_STREAM_TOKEN", "read": "API_TOKEN", "admin": "ADMIN_TOKEN"}
+SETTING_OF = {"ingest": "LOG_STREAM_TOKEN", "read": "API_TOKEN", "admin": "ADMIN_TOKEN"}
 
 
 @dataclass(frozen=True)
@@ -30,19 +31,28 @@ class Tokens:
     path: Path | None = None
 
     def allows(self, scope: Scope, presented: str | None) -> bool:
-        """Constant-time match of a raw or `Bearer` token; admin tokens may also read."""
+        """Whether a raw or `Bearer` token grants `scope`; admin tokens may also read."""
+        granted = self.scopes_of(presented)
+        return scope in granted or (scope == "read" and "admin" in granted)
+
+    def scopes_of(self, presented: str | None) -> frozenset[Scope]:
+        """The scopes whose tokens match a raw or `Bearer` token, compared in constant time."""
         if not presented:
-            return False
+            return frozenset()
         candidates = {presented.strip()}
         scheme, _, rest = presented.partition(" ")
         if scheme.lower() == "bearer":
             candidates.add(rest.strip())
-        allowed = getattr(self, scope) + (self.admin if scope == "read" else ())
-        matched = False
-        for token in allowed:  # no early exit: the time does not depend on which token matched
-            for candidate in candidates:
-                matched |= hmac.compare_digest(token.encode(), _header_bytes(candidate))
-        return matched
+        presented_bytes = [_header_bytes(candidate) for candidate in candidates]
+        granted: set[Scope] = set()
+        for scope in SCOPES:
+            matched = False
+            for token in getattr(self, scope):  # no early exit: the time does not say which matched
+                for candidate in presented_bytes:
+                    matched |= hmac.compare_digest(token.encode(), candidate)
+            if matched:
+                granted.add(scope)
+        return frozenset(granted)
 
 
 class TokenFileError(ValueError):
@@ -62,20 +72,20 @@ def load_tokens(settings: Settings) -> Tokens:
     path = settings.data_dir / TOKEN_FILE
     configured = {
         scope: tuple(s.get_secret_value() for s in getattr(settings, setting.lower()))
-        for scope, setting in _SETTING.items()
+        for scope, setting in SETTING_OF.items()
     }
     kept = _read_kept(path)
     generated: dict[str, str] = {}
-    if any(not configured[scope] and setting not in kept for scope, setting in _SETTING.items()):
+    if any(not configured[scope] and setting not in kept for scope, setting in SETTING_OF.items()):
         # Processes that share the data directory may all start at once: one generates, the rest read.
         with exclusive_lock(path.with_suffix(".lock")):
             kept = _read_kept(path)
-            for scope, setting in _SETTING.items():
+            for scope, setting in SETTING_OF.items():
                 if not configured[scope] and setting not in kept:
                     kept[setting] = generated[setting] = secrets.token_urlsafe(32)
             if generated:
                 _keep(path, kept)
-    values = {scope: configured[scope] or (kept[setting],) for scope, setting in _SETTING.items()}
+    values = {scope: configured[scope] or (kept[setting],) for scope, setting in SETTING_OF.items()}
     return Tokens(values["ingest"], values["read"], values["admin"], generated, path)
 
 

@@ -12,8 +12,8 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
 from app.context import Context
-from app.errors import Unauthorized, Unprocessable
-from app.tokens import Scope
+from app.errors import Forbidden, Unauthorized, Unprocessable
+from app.tokens import SCOPES, SETTING_OF, Scope
 
 
 # Async so that FastAPI calls them on the event loop rather than on its thread pool.
@@ -51,12 +51,19 @@ def _utc(name: str, value: datetime | None) -> datetime | None:
 
 
 def authorize(context: Context, scope: Scope, authorization: str | None) -> None:
-    """Refuse the request unless it carries a token of `scope` (raw or Bearer)."""
-    if not context.tokens.allows(scope, authorization):
-        raise Unauthorized(
-            f"a valid {scope} token is required in the Authorization header",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    """Refuse the request unless it carries a token of `scope` (raw or Bearer): 401 without a valid
+    token, 403 with a token of another scope, which names the token the route takes."""
+    tokens = context.tokens
+    if tokens.allows(scope, authorization):
+        return
+    needed = f"{SETTING_OF[scope]} or {SETTING_OF['admin']}" if scope == "read" else SETTING_OF[scope]
+    if granted := tokens.scopes_of(authorization):
+        held = " and ".join(SETTING_OF[s] for s in SCOPES if s in granted)
+        raise Forbidden(f"this token is the {held}; this route takes the {needed}")
+    raise Unauthorized(
+        f"a valid {scope} token ({needed}) is required in the Authorization header",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 def require(scope: Scope) -> Any:

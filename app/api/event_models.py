@@ -109,6 +109,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         "model": ErrorBody,
         "description": "No valid read token (API_TOKEN or ADMIN_TOKEN) as a Bearer token.",
     },
+    403: {"model": ErrorBody, "description": "A valid token of another scope (LOG_STREAM_TOKEN)."},
     422: {
         "model": ErrorBody,
         "description": "A parameter out of range or of the wrong form; `detail` names it.",

@@ -53,6 +53,7 @@ _RESPONSES: dict[int | str, dict[str, object]] = {
     },
     400: {"description": "Nothing in the body is usable; `detail` names the line or offset.", **_ERROR},
     401: {"description": "A missing or wrong token.", **_ERROR},
+    403: {"description": "API_TOKEN or ADMIN_TOKEN, which cannot ingest.", **_ERROR},
     413: {"description": "The body (or its decompressed form) exceeds MAX_BODY_BYTES.", **_ERROR},
     415: {"description": "A Content-Encoding other than gzip.", **_ERROR},
     503: {"description": "The database did not take the events; the sender should retry.", **_ERROR},

@@ -102,7 +102,7 @@ async def test_the_api_shows_the_poller_and_an_admin_runs_a_pass(
         assert before["enabled"]
         assert before["checkpoint"] is None
         assert before["last_run"] is None
-        assert (await client.post("/api/poller/run", headers=bearer(READ_TOKEN))).status_code == 401
+        assert (await client.post("/api/poller/run", headers=bearer(READ_TOKEN))).status_code == 403
         ran = await client.post("/api/poller/run", headers=bearer(ADMIN_TOKEN))
         assert ran.status_code == 200, ran.text
         assert ran.json()["stored"] == 15

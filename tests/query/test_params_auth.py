@@ -64,8 +64,8 @@ ROUTES = ["/api/events", "/api/events/export", "/api/events/some-id", "/api/stat
 @pytest.mark.parametrize("path", ROUTES)
 @pytest.mark.parametrize(
     "headers",
-    [{}, bearer(INGEST_TOKEN), bearer("wrong"), {"Authorization": "Bearer"}],
-    ids=["none", "ingest", "wrong", "empty"],
+    [{}, bearer("wrong"), {"Authorization": "Bearer"}, {"Authorization": f"{READ_TOKEN},x"}],
+    ids=["none", "wrong", "empty", "read-token-and-more"],
 )
 async def test_query_routes_need_a_read_token(
     client: httpx.AsyncClient, path: str, headers: dict[str, str]
@@ -74,6 +74,19 @@ async def test_query_routes_need_a_read_token(
     assert response.status_code == 401
     assert response.json()["error"] == "unauthorized"
     assert response.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("path", ROUTES)
+async def test_the_ingest_token_is_forbidden_to_read(client: httpx.AsyncClient, path: str) -> None:
+    for headers in (bearer(INGEST_TOKEN), {"Authorization": INGEST_TOKEN}):
+        response = await client.get(path, headers=headers)
+        assert response.status_code == 403
+        answer = response.json()
+        assert answer == {
+            "error": "forbidden",
+            "detail": "this token is the LOG_STREAM_TOKEN; this route takes the API_TOKEN or ADMIN_TOKEN",
+        }
+        assert INGEST_TOKEN not in response.text
 
 
 @pytest.mark.parametrize("token", [READ_TOKEN, ADMIN_TOKEN])
@@ -118,7 +131,7 @@ async def test_openapi_describes_every_parameter_with_an_example(client: httpx.A
             assert parameter.get("description"), (path, name)
             assert parameter["schema"].get("examples") or parameter.get("examples"), (path, name)
         assert operation.get("summary") or operation.get("description"), path
-        assert {"401", "422"} <= set(operation["responses"]), path
+        assert {"401", "403", "422"} <= set(operation["responses"]), path
     schemas = spec["components"]["schemas"]
     assert spec["paths"]["/api/events"]["get"]["responses"]["200"]["content"]["application/json"][
         "schema"

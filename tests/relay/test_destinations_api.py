@@ -216,7 +216,8 @@ async def test_admin_token_is_required(relay: LiveServer) -> None:
         ]:
             assert (await anonymous.request(method, path)).status_code == 401
             reader = await anonymous.request(method, path, headers={"Authorization": READ_TOKEN})
-            assert reader.status_code == 401
+            assert reader.status_code == 403
+            assert reader.json()["detail"] == "this token is the API_TOKEN; this route takes the ADMIN_TOKEN"
 
 
 def test_env_settings_become_specs(make_settings: Callable[..., Settings]) -> None:

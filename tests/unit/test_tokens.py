@@ -1,4 +1,5 @@
-"""Tokens.allows (raw, Bearer, rotation, admin reads) and load_tokens (generate once, keep, reuse)."""
+"""Tokens.allows and scopes_of (raw, Bearer, rotation, admin reads) and load_tokens (generate once,
+keep, reuse)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,25 @@ def test_scopes() -> None:
     assert TOKENS.allows("admin", "adm")
     assert not TOKENS.allows("admin", "rd")
     assert not TOKENS.allows("admin", "in-new")
+
+
+@pytest.mark.parametrize(
+    ("presented", "scopes"),
+    [
+        ("Bearer in-new", {"ingest"}),
+        ("rd", {"read"}),
+        ("adm", {"admin"}),
+        ("in-old,rd", set()),
+        ("nope", set()),
+        (None, set()),
+    ],
+)
+def test_scopes_of_names_what_a_token_grants(presented: str | None, scopes: set[str]) -> None:
+    assert TOKENS.scopes_of(presented) == scopes
+
+
+def test_a_token_shared_by_two_scopes_grants_both() -> None:
+    assert Tokens(ingest=("same",), read=("same",), admin=()).scopes_of("same") == {"ingest", "read"}
 
 
 def test_a_raw_token_that_starts_with_bearer() -> None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
 import signal
 import ssl
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -112,20 +115,40 @@ def serve(
     tokens = prepare_tokens(settings)
     if not tokens.generated and tokens.path and tokens.path.exists():
         typer.echo(f"logrelay: tokens that were not set are kept in {tokens.path}", err=True)
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=workers,
-        ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
-        ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
-        log_config=uvicorn_log_config(settings.service_log_level),
-        loop="uvloop",
-        http="httptools",
-        proxy_headers=True,
-        timeout_graceful_shutdown=30,
-    )
+    with shared_metrics(workers):
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=workers,
+            ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+            ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
+            log_config=uvicorn_log_config(settings.service_log_level),
+            loop="uvloop",
+            http="httptools",
+            proxy_headers=True,
+            timeout_graceful_shutdown=30,
+        )
+
+
+@contextmanager
+def shared_metrics(workers: int) -> Iterator[None]:
+    """Sum /metrics' counters over `serve --workers N`'s processes (prometheus-client's multiprocess
+    mode) in a new private directory, so that a restart counts from zero rather than adding the files
+    of processes that are gone. A PROMETHEUS_MULTIPROC_DIR set by the operator is used as it is."""
+    from app.metrics import MULTIPROCESS_DIR
+
+    if workers == 1 or os.environ.get(MULTIPROCESS_DIR):
+        yield
+        return
+    path = tempfile.mkdtemp(prefix="logrelay-metrics-")  # 0700
+    os.environ[MULTIPROCESS_DIR] = path  # the workers inherit it
+    try:
+        yield
+    finally:
+        del os.environ[MULTIPROCESS_DIR]
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @cli.command("migrate")

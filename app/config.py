@@ -220,6 +220,11 @@ class Settings(BaseSettings):
         return self.database_url.startswith("sqlite")
 
     @property
+    def poller_lag_limit(self) -> timedelta:
+        """A checkpoint further behind than this is warned of: Auth0 deletes the logs soon after."""
+        return timedelta(days=self.log_retention_days) * self.lag_warn_share
+
+    @property
     def auth0_base_url(self) -> str | None:
         """AUTH0_DOMAIN is a bare domain (https implied) or a full base URL for tests and proxies."""
         if not self.auth0_domain:

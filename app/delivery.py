@@ -23,7 +23,7 @@ import httpx
 from sqlalchemy import select
 from standardwebhooks import Webhook
 
-from app import outbox
+from app import metrics, outbox
 from app.context import USER_AGENT, Context
 from app.destinations import forget_expired_secrets, path_is_token
 from app.models import Destination, LogEvent
@@ -70,7 +70,9 @@ async def deliver_destination_once(context: Context, destination_id: int) -> int
         async with slots:
             if down.is_set():  # the destination is failing: the rest of the round waits, unsent
                 return None
+            started = time.perf_counter()
             outcome = await send(context, target, [(i.log_id, events[i.log_id]) for i in chunk])
+            metrics.count_delivery(target.id, len(chunk), outcome, time.perf_counter() - started)
             if verdict_of(outcome) == "retry":
                 down.set()
             return outcome

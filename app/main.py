@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from app import __version__
-from app.api import deliveries, destinations, events, health, logs, poller
+from app.api import deliveries, destinations, events, health, logs, metrics, poller
 from app.api.limits import BodyLimit
 from app.config import Settings
 from app.context import open_context
@@ -51,6 +51,6 @@ def create_fastapi_app(settings: Settings | None = None, *, run_workers: bool | 
     )
     add_exception_handlers(app)
     app.add_middleware(BodyLimit)
-    for module in (logs, events, destinations, deliveries, poller, health):
+    for module in (logs, events, destinations, deliveries, poller, metrics, health):
         app.include_router(module.router)
     return app

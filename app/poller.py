@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from app import poller_state, reports
+from app import metrics, poller_state, reports
 from app.auth0 import management
 from app.auth0.management import LogsPage, ManagementClient, ManagementError
 from app.auth0.stream import to_event
@@ -299,6 +299,7 @@ class _Pass:
         async with self.context.engine.begin() as conn:
             [stored] = await conn.run_sync(store_batches, [Batch(rows, rejected, "poller", received_at)])
             await poller_state.save_checkpoint(conn, self.lease, next_checkpoint, cursor.start_from)
+        metrics.count_events("poller", stored)
         cursor.checkpoint, cursor.dirty = next_checkpoint, False
         result.pages += 1 if items else 0
         result.logs_read += read
@@ -316,7 +317,7 @@ def _check_lag(settings: Settings, result: PassResult) -> None:
     if result.caught_up or checkpoint_at is None:
         return
     lag = datetime.now(UTC) - checkpoint_at
-    limit = timedelta(days=settings.log_retention_days) * settings.lag_warn_share
+    limit = settings.poller_lag_limit
     if lag > limit:
         warning = (
             f"the checkpoint trails real time by {_days(lag)} days, more than {settings.lag_warn_share:g} of "

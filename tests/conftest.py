@@ -4,6 +4,7 @@ served by a real uvicorn on 127.0.0.1, and real HTTP clients."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -165,3 +166,48 @@ def auth(token: str = INGEST_TOKEN) -> dict[str, str]:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def read_metrics(client: httpx.AsyncClient) -> Samples:
+    """GET /metrics with the read token, parsed."""
+    response = await client.get("/metrics", headers=bearer(READ_TOKEN))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    return scrape(response.text)
+
+
+@contextlib.asynccontextmanager
+async def database_gone(live: LiveServer) -> AsyncIterator[None]:
+    """The server's engine closed and pointed at a database that cannot be reached, then restored."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    context = live.context
+    good = context.engine
+    url = "sqlite+aiosqlite:////nonexistent-dir/x/y.db"
+    if is_postgres():
+        url = "postgresql+asyncpg://postgres@127.0.0.1:1/nothing"
+    context.engine = create_async_engine(url)
+    try:
+        yield
+    finally:
+        await context.engine.dispose()
+        context.engine = good
+
+
+def scrape(text: str) -> Samples:
+    """A Prometheus exposition as {(sample name, labels): value}, parsed by prometheus-client."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def sample(samples: Samples, name: str, /, **labels: str) -> float:
+    """One sample's value; 0 for a counter not yet incremented (prometheus shows none then)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)

@@ -27,7 +27,7 @@ import orjson
 import pytest
 
 from app.config import Settings
-from tests.conftest import PG_URL
+from tests.conftest import PG_URL, sample, scrape
 from tests.factories import make_event, make_stream_body
 
 LOGRELAY = Path(sys.executable).with_name("logrelay")
@@ -348,7 +348,9 @@ def test_serve_with_two_workers_stores_each_event_once(tmp_path: Path, backend: 
     """Two worker processes on one database (one SQLite file, or PostgreSQL) under concurrent posts."""
     db = tmp_path / "shared.db"
     url = f"sqlite:///{db}" if backend == "sqlite" else str(PG_URL)
-    env = clean_env(DATABASE_URL=url, LOG_STREAM_TOKEN="workers-token")
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    env = clean_env(DATABASE_URL=url, LOG_STREAM_TOKEN="workers-token", API_TOKEN="read", TMPDIR=str(temp))
     if backend == "postgresql":
         migrated = run(["migrate"], tmp_path, env)  # serve migrates only the embedded SQLite
         assert migrated.returncode == 0, migrated.stderr
@@ -370,6 +372,16 @@ def test_serve_with_two_workers_stores_each_event_once(tmp_path: Path, backend: 
 
         with ThreadPoolExecutor(max_workers=16) as executor:
             answers = list(executor.map(post, bodies))
+        # /metrics sums the counters of both processes, whichever one answers the scrape.
+        assert [path.name.startswith("logrelay-metrics-") for path in temp.iterdir()] == [True]
+        scraped = httpx.get(f"{served.base_url}/metrics", headers={"Authorization": "Bearer read"})
+        assert scraped.status_code == 200, scraped.text
+        samples = scrape(scraped.text)
+        assert sample(samples, "logrelay_ingest_requests_total", status="200") == len(bodies)
+        stored = sample(samples, "logrelay_events_total", source="stream", outcome="stored")
+        duplicates = sample(samples, "logrelay_events_total", source="stream", outcome="duplicate")
+        assert (stored, duplicates) == (len(pool), sent - len(pool))
+    assert list(temp.iterdir()) == [], "the metrics directory outlived serve"
 
     assert sum(a["received"] for a in answers) == sent
     assert sum(a["stored"] for a in answers) == len(pool)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import zlib
 from datetime import UTC, datetime
 from functools import partial
@@ -13,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
+from app import metrics
 from app.api.deps import authorize
 from app.auth0.stream import BodyError, ParsedBody, parse_body
 from app.context import Context
@@ -77,6 +79,7 @@ async def receive_logs(request: Request) -> JSONResponse:
         result = await context.committer.store(Batch(rows, rejected, "stream", received_at))
     except (SQLAlchemyError, OSError) as exc:
         raise Unavailable(f"the database did not take the events ({type(exc).__name__}); retry") from None
+    metrics.count_events("stream", result)
     answer: dict[str, object] = {
         "received": parsed.received,
         "stored": result.stored,
@@ -157,6 +160,7 @@ class IngestFastPath:
             await self.app(scope, receive, send)
             return
         scope["app"] = self.app  # as Starlette sets it: the handler finds the context through it
+        started = time.perf_counter()
         try:
             response = await receive_logs(Request(scope, receive))
         except ClientDisconnect:
@@ -168,6 +172,7 @@ class IngestFastPath:
             response = render_error(exc)
         except Exception as exc:
             response = render_error(exc)
+        metrics.count_ingest_request(response.status_code, started)
         await response(scope, receive, send)
 
 

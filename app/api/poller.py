@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter
@@ -19,9 +18,8 @@ router = APIRouter(tags=["poller"])
 async def get_poller(context: ContextDep) -> dict[str, Any]:
     """The poller's checkpoint, its last run and how far it trails real time."""
     settings = context.settings
-    lag_limit = timedelta(days=settings.log_retention_days) * settings.lag_warn_share
     async with context.engine.connect() as conn:
-        status = await poller_state.describe(conn, lag_limit)
+        status = await poller_state.describe(conn, settings.poller_lag_limit)
     return {"enabled": bool(settings.auth0_domain), "schedule": settings.poll_schedule, **status}
 
 

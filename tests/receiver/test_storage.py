@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import auth, is_postgres
+from tests.conftest import LiveServer, auth, database_gone, is_postgres
 from tests.factories import make_event, make_stream_body
 from tests.receiver.support import fixture_bytes, fixture_items, get_event, jsonl, stored_ids
 
@@ -133,21 +133,10 @@ async def test_readyz(client: httpx.AsyncClient) -> None:
     assert response.json() == {"status": "ready"}
 
 
-async def test_readyz_when_the_database_is_gone(client: httpx.AsyncClient, live: object) -> None:
+async def test_readyz_when_the_database_is_gone(client: httpx.AsyncClient, live: LiveServer) -> None:
     """With the engine closed and pointed nowhere, /readyz says 503 while /healthz stays 200."""
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    context = live.context  # type: ignore[attr-defined]
-    good = context.engine
-    url = "sqlite+aiosqlite:////nonexistent-dir/x/y.db"
-    if is_postgres():
-        url = "postgresql+asyncpg://postgres@127.0.0.1:1/nothing"
-    context.engine = create_async_engine(url)
-    try:
+    async with database_gone(live):
         response = await client.get("/readyz")
         assert response.status_code == 503
         assert response.json()["error"] == "unavailable"
         assert (await client.get("/healthz")).status_code == 200
-    finally:
-        await context.engine.dispose()
-        context.engine = good

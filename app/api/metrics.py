@@ -1,0 +1,18 @@
+"""GET /metrics: Prometheus text exposition (read token)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from app import metrics
+from app.api.deps import ContextDep, ReadAuth, StrictQuery
+
+router = APIRouter(tags=["metrics"])
+
+
+@router.get("/metrics", dependencies=[ReadAuth, StrictQuery], response_class=Response)
+async def get_metrics(context: ContextDep) -> Response:
+    """Counters of this service and the outbox, destination and poller state, for Prometheus."""
+    settings = context.settings
+    body = await metrics.render(context.engine, bool(settings.auth0_domain), settings.poller_lag_limit)
+    return Response(body, media_type=metrics.CONTENT_TYPE)

@@ -1,0 +1,55 @@
+"""GET /metrics for the relay: delivery counters, and the outbox and destination state read from the
+database (the same on every replica, and including separate `worker` processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+
+from tests.conftest import LiveServer, Samples, read_metrics, sample
+from tests.factories import make_event
+from tests.relay.conftest import FAST_BACKOFF_MAX, add_destination, ingest
+from tests.relay.receiver import Receiver
+
+
+async def test_a_failing_destination_shows_its_backlog_then_clears(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    from app.delivery import deliver_once
+
+    destination = await add_destination(api, receiver.url, name="siem")
+    label = str(destination["id"])
+    before = await read_metrics(api)
+    await ingest(api, [make_event() for _ in range(3)])
+    receiver.answer(503)
+    assert await deliver_once(relay.context) == 3
+    failing = await read_metrics(api)
+
+    def grew(now: Samples, name: str, /, **labels: str) -> float:
+        return sample(now, name, **labels) - sample(before, name, **labels)
+
+    assert sample(failing, "logrelay_destination_info", destination=label, name="siem") == 1
+    assert grew(failing, "logrelay_delivery_requests_total", destination=label, verdict="retry") == len(
+        receiver.requests
+    )
+    assert grew(failing, "logrelay_delivery_events_total", destination=label, verdict="retry") == 3
+    assert sample(failing, "logrelay_outbox_items", destination=label, status="failed") == 3
+    assert sample(failing, "logrelay_outbox_items", destination=label, status="delivered") == 0
+    assert sample(failing, "logrelay_outbox_oldest_open_age_seconds", destination=label) > 0
+    assert sample(failing, "logrelay_destination_consecutive_failures", destination=label) == 1
+    no_success = ("logrelay_destination_last_success_timestamp_seconds", frozenset({("destination", label)}))
+    assert no_success not in failing
+    assert grew(failing, "logrelay_delivery_request_duration_seconds_count", destination=label) >= 1
+
+    await asyncio.sleep(FAST_BACKOFF_MAX * 1.5)
+    assert await deliver_once(relay.context) == 3  # the receiver answers 200 from now on
+    delivered = await read_metrics(api)
+    assert grew(delivered, "logrelay_delivery_events_total", destination=label, verdict="delivered") == 3
+    assert sample(delivered, "logrelay_outbox_items", destination=label, status="failed") == 0
+    assert sample(delivered, "logrelay_outbox_items", destination=label, status="delivered") == 3
+    assert sample(delivered, "logrelay_outbox_oldest_open_age_seconds", destination=label) == 0
+    assert sample(delivered, "logrelay_destination_consecutive_failures", destination=label) == 0
+    last_success = sample(delivered, "logrelay_destination_last_success_timestamp_seconds", destination=label)
+    assert abs(last_success - time.time()) < 60

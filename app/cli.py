@@ -17,11 +17,12 @@ from typing import Annotated, NoReturn
 
 import typer
 import uvicorn
+from dotenv import dotenv_values
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from app import __version__, migrate
-from app.config import Settings
+from app.config import Settings, misspelt_settings
 from app.observability import configure_logging, uvicorn_log_config
 from app.tokens import TokenFileError, Tokens, load_tokens
 
@@ -36,6 +37,8 @@ def fail(message: str, code: int) -> NoReturn:
 
 def load_settings(**overrides: object) -> Settings:
     """Settings from the environment and .env; a bad setting exits with its name and the problem."""
+    for name, meant in misspelt_settings([*os.environ, *dotenv_values(".env")]):
+        typer.echo(f"logrelay: {name} is not a setting and is ignored; did you mean {meant}?", err=True)
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
     except ValidationError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
@@ -231,3 +233,14 @@ class Settings(BaseSettings):
             return None
         domain = self.auth0_domain
         return domain if "://" in domain else f"https://{domain}"
+
+
+def misspelt_settings(names: Iterable[str]) -> list[tuple[str, str]]:
+    """(name, the setting it resembles) for each name that is no setting but looks like one misspelt,
+    such as FORWARD_URLS. Unknown names are otherwise ignored: the environment holds many others."""
+    known = [name.upper() for name in Settings.model_fields]
+    found = []
+    for name in dict.fromkeys(n.upper() for n in names):
+        if name not in known and (close := difflib.get_close_matches(name, known, n=1, cutoff=0.8)):
+            found.append((name, close[0]))
+    return found

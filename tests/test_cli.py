@@ -243,6 +243,19 @@ def test_dotenv_in_the_working_directory_is_read(tmp_path: Path) -> None:
     assert "DATABASE_URL" in result.stderr
 
 
+def test_a_misspelt_setting_is_named_with_the_one_meant(tmp_path: Path) -> None:
+    """From the environment and from .env; unrelated variables (PATH, HOME, ...) say nothing."""
+    (tmp_path / ".env").write_text("AUTH0_DOMIAN=example.eu.auth0.com\n")
+    result = run(["migrate"], tmp_path, clean_env(FORWARD_URLS="https://siem.example.com/in"))
+    assert result.returncode == 0, result.stderr
+    hints = [line for line in result.stderr.splitlines() if "is not a setting" in line]
+    assert hints == [
+        "logrelay: FORWARD_URLS is not a setting and is ignored; did you mean FORWARD_URL?",
+        "logrelay: AUTH0_DOMIAN is not a setting and is ignored; did you mean AUTH0_DOMAIN?",
+    ]
+    assert "siem.example.com" not in result.stderr
+
+
 # --- serve ----------------------------------------------------------------------------------------
 
 

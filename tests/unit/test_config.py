@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from app.config import Settings
+from app.config import Settings, misspelt_settings
 
 ENV = (
     "DATABASE_URL",
@@ -194,3 +194,14 @@ def test_a_lease_shorter_than_a_round_is_refused() -> None:
     with pytest.raises(ValidationError, match="DELIVERY_LEASE must be longer than 4 times DELIVERY_TIMEOUT"):
         make(delivery_lease=40, delivery_timeout=10)
     assert make(delivery_lease=41, delivery_timeout=10).delivery_lease == timedelta(seconds=41)
+
+
+def test_misspelt_settings_are_told_from_unrelated_names() -> None:
+    names = ["FORWARD_URLS", "api_tokens", "DATABASE_URI", "POLL_SCHEDULES", "PORT", "HOSTNAME", "PATH"]
+    names += ["HOME", "DATA_DIRECTORY", "WEB_CONCURRENCY", "POSTGRES_URL", "LOG_STREAM_TOKEN", "FORWARD_URLS"]
+    assert misspelt_settings(names) == [
+        ("FORWARD_URLS", "FORWARD_URL"),
+        ("API_TOKENS", "API_TOKEN"),
+        ("DATABASE_URI", "DATABASE_URL"),
+        ("POLL_SCHEDULES", "POLL_SCHEDULE"),
+    ]

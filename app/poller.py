@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 
 import orjson
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app import metrics, poller_state, reports
 from app.auth0 import management
@@ -146,6 +147,7 @@ class _Pass:
     async def run(self) -> PassResult:
         settings, result = self.settings, self.result
         async with self.context.engine.begin() as conn:
+            await _close_abandoned_runs(conn, datetime.now(UTC))
             state = await poller_state.load_state(conn)
             result.run_id = await poller_state.start_run(conn, result.started_at, state.checkpoint)
             self.cursor = _Cursor(state.checkpoint, state.start_from)
@@ -309,6 +311,13 @@ class _Pass:
             raise ManagementError(
                 f"Auth0 returned a page of {len(items)} logs without ids; the checkpoint cannot move"
             )
+
+
+async def _close_abandoned_runs(conn: AsyncConnection, now: datetime) -> None:
+    """This pass holds the lock, so a run still open belongs to a process that stopped mid-pass;
+    closed here, it no longer shows as a pass that never ends."""
+    if closed := await poller_state.close_abandoned_runs(conn, now):
+        log.error("closed poll runs whose process stopped before they finished", extra={"runs": closed})
 
 
 def _check_lag(settings: Settings, result: PassResult) -> None:

@@ -5,7 +5,11 @@ its own connection (PostgreSQL) or its own short transactions (SQLite)."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import logging
+import os
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, Update, delete, false, insert, or_, select, text, update
+from sqlalchemy import ColumnElement, Row, Update, delete, false, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -37,6 +41,13 @@ _HELD = (
     "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()){holder})"
 )
 _KEY = {"high": ADVISORY_KEY >> 32, "low": ADVISORY_KEY & 0xFFFFFFFF}
+
+
+# What a run the next pass found still open says: its process ended without closing it.
+ABANDONED = (
+    "interrupted: the poll process stopped before the pass finished (killed, or it crashed); what it "
+    "stored is kept, and the next pass went on from the checkpoint"
+)
 
 
 class LeaseLost(Exception):
@@ -117,7 +128,8 @@ async def hold_pass_lock(engine: AsyncEngine, lease_seconds: float) -> AsyncIter
 
     PostgreSQL: pg_try_advisory_lock on a dedicated autocommit connection, held for the pass and
     released when it ends or the connection dies. SQLite: a lease row that expires after
-    `lease_seconds` (so a killed process blocks polling at most that long), renewed by every page.
+    `lease_seconds`, renewed by every page; a holder that died on this host (SIGKILL, a crash) is
+    taken over at once, one whose death cannot be seen blocks polling at most that long.
     """
     async with engine.begin() as conn:
         await ensure_state(conn)
@@ -135,18 +147,8 @@ async def hold_pass_lock(engine: AsyncEngine, lease_seconds: float) -> AsyncIter
                 with contextlib.suppress(Exception):
                     await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_KEY})
         return
-    owner = uuid.uuid4().hex
-    now = datetime.now(UTC)
-    async with engine.begin() as conn:
-        taken = await conn.execute(
-            update(PollerState)
-            .where(
-                PollerState.name == STATE,
-                or_(PollerState.lease_until.is_(None), PollerState.lease_until < now),
-            )
-            .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds))
-        )
-    if taken.rowcount != 1:
+    owner = new_lease_owner()
+    if not await _take_lease(engine, owner, lease_seconds):
         yield None
         return
     try:
@@ -160,12 +162,91 @@ async def hold_pass_lock(engine: AsyncEngine, lease_seconds: float) -> AsyncIter
             )
 
 
+async def _take_lease(engine: AsyncEngine, owner: str, lease_seconds: float) -> bool:
+    """Take the SQLite lease when it is free or expired, or at once when its holder has died."""
+    now = datetime.now(UTC)
+    until = now + timedelta(seconds=lease_seconds)
+    free = or_(PollerState.lease_until.is_(None), PollerState.lease_until < now)
+    if await _set_lease(engine, free, owner, until):
+        return True
+    async with engine.connect() as conn:
+        holder = await conn.scalar(select(PollerState.lease_owner).where(PollerState.name == STATE))
+    if holder is None or not _holder_is_gone(holder):
+        return False
+    # Only that dead holder's lease: if another process took it over meanwhile, that one keeps it.
+    if not await _set_lease(engine, PollerState.lease_owner == holder, owner, until):
+        return False
+    log.warning(
+        "took over the poller lease of a process that no longer exists", extra={"pid": _local_pid(holder)}
+    )
+    return True
+
+
+async def _set_lease(
+    engine: AsyncEngine, condition: ColumnElement[bool], owner: str, until: datetime
+) -> bool:
+    async with engine.begin() as conn:
+        taken = await conn.execute(
+            update(PollerState)
+            .where(PollerState.name == STATE, condition)
+            .values(lease_owner=owner, lease_until=until)
+        )
+    return taken.rowcount == 1
+
+
+@functools.cache
+def host_id() -> str:
+    """This host, as far as pids go: the hostname and the pid namespace (a container sharing the
+    database file sees other pids), as a digest short enough for lease_owner."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:  # not Linux
+        namespace = ""
+    return hashlib.sha256(f"{socket.gethostname()}\0{namespace}".encode()).hexdigest()[:16]
+
+
+def new_lease_owner() -> str:
+    """`token:pid:host`: the random token fences writes; the pid and host let another process on
+    this host see that the holder is gone (SQLite files are shared on one host only)."""
+    return f"{uuid.uuid4().hex}:{os.getpid()}:{host_id()}"
+
+
+def _local_pid(owner: str) -> int | None:
+    """The holder's pid when the owner names a process on this host; None for an owner in the old
+    format (a bare token) or from another host, which count as alive until the lease expires."""
+    parts = owner.split(":")
+    if len(parts) != 3 or parts[2] != host_id() or not parts[1].isascii() or not parts[1].isdigit():
+        return None
+    return int(parts[1])
+
+
+def _holder_is_gone(owner: str) -> bool:
+    """True only when the owner is a process on this host that no longer exists."""
+    pid = _local_pid(owner)
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):  # another user's process exists; no such pid can
+        return False
+    return False
+
+
 async def is_pass_running(conn: AsyncConnection) -> bool:
-    """Whether some process holds the pass lock now (the advisory lock, or an unexpired lease)."""
+    """Whether some process holds the pass lock now (the advisory lock, or an unexpired lease whose
+    holder is not known to be gone)."""
     if conn.dialect.name == "postgresql":
         return bool(await conn.scalar(text(_HELD.format(holder="")), _KEY))
-    until = await conn.scalar(select(PollerState.lease_until).where(PollerState.name == STATE))
-    return until is not None and until > datetime.now(UTC)
+    lease = (
+        await conn.execute(
+            select(PollerState.lease_owner, PollerState.lease_until).where(PollerState.name == STATE)
+        )
+    ).first()
+    if lease is None or lease.lease_until is None or lease.lease_until <= datetime.now(UTC):
+        return False
+    return lease.lease_owner is None or not _holder_is_gone(lease.lease_owner)
 
 
 async def start_run(conn: AsyncConnection, started_at: datetime, checkpoint: str | None) -> int:
@@ -177,7 +258,17 @@ async def start_run(conn: AsyncConnection, started_at: datetime, checkpoint: str
     return int(result.scalar_one())
 
 
+async def close_abandoned_runs(conn: AsyncConnection, now: datetime) -> int:
+    """Close the runs still open: only the pass lock's holder calls this, before it opens its own run,
+    so every open run belongs to a pass that can no longer close it. Returns how many it closed."""
+    result = await conn.execute(
+        update(PollerRun).where(PollerRun.ended_at.is_(None)).values(ended_at=now, error=ABANDONED)
+    )
+    return int(result.rowcount)
+
+
 async def finish_run(conn: AsyncConnection, run_id: int, **values: object) -> None:
+    # Also over ABANDONED: a pass that outlived its lock (a frozen process) knows best how it ended.
     await conn.execute(update(PollerRun).where(PollerRun.id == run_id).values(**values))
 
 

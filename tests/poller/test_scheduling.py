@@ -76,6 +76,8 @@ async def test_only_one_pass_runs_at_a_time_across_replicas(
         assert not second.ran
         async with engine.connect() as conn:
             assert await is_pass_running(conn)
+            open_runs = select(func.count()).select_from(PollerRun).where(PollerRun.ended_at.is_(None))
+            open_while_held = await conn.scalar(open_runs)
         fake.release.set()
         result = await first
         async with engine.connect() as conn:
@@ -88,6 +90,9 @@ async def test_only_one_pass_runs_at_a_time_across_replicas(
     assert after.ok
     assert after.stored == 0
     assert await count(engine) == 25
+    assert open_while_held == 1  # refused the lock, the second left the running pass's run open
+    async with engine.connect() as conn:
+        assert list(await conn.scalars(select(PollerRun.error))) == [None, None]
 
 
 async def test_the_api_shows_the_poller_and_an_admin_runs_a_pass(

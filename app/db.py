@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,21 @@ async def take_turns(conn: AsyncConnection, key: int, sub: int = 0) -> None:
     ends. SQLite lets one writer in at a time already."""
     if conn.dialect.name == "postgresql":
         await conn.execute(text("SELECT pg_advisory_xact_lock(:key, :sub)"), {"key": key, "sub": sub})
+
+
+async def db_now(conn: AsyncConnection) -> datetime:
+    """The database's clock, which replicas on hosts whose clocks differ share: delivery leases and
+    due times are set and compared by it.
+
+    PostgreSQL: now(), the start of the caller's transaction, one instant for all of its statements
+    (statement_timestamp() would move between them); claims are short and skip locked rows rather
+    than wait, so that instant is the claim's. SQLite: every process runs on the host that has the
+    file, so the host clock is the database's and no query is needed.
+    """
+    if conn.dialect.name != "postgresql":
+        return datetime.now(UTC)
+    now: datetime = await conn.scalar(text("SELECT now()"))
+    return now.astimezone(UTC)  # aware already (timestamptz); exact to the microsecond either way
 
 
 def sqlite_path(settings: Settings) -> Path | None:

@@ -13,7 +13,7 @@ from sqlalchemy import and_, func, insert, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.auth0.catalog import CATEGORIES, LOG_TYPES
-from app.db import REPLAY_LOCK, take_turns
+from app.db import REPLAY_LOCK, db_now, take_turns
 from app.errors import Conflict, NotFound, Unprocessable
 from app.filters import EventFilter
 from app.models import Destination, LogEvent, OutboxItem
@@ -63,7 +63,7 @@ async def list_deliveries(
 
 async def retry_delivery(conn: AsyncConnection, delivery_id: int) -> dict[str, Any]:
     """Queue one row again now, with a fresh attempt budget and age; its destination is tried at once."""
-    now = datetime.now(UTC)
+    now = await db_now(conn)  # the clock the row's lease was taken by: is it being sent right now?
     row = (await conn.execute(select(*_ROW).where(OutboxItem.id == delivery_id))).first()
     if row is None:
         raise NotFound(f"no delivery with id {delivery_id}")
@@ -79,7 +79,7 @@ async def retry_all(conn: AsyncConnection, destination_id: int, status: Literal[
     """Queue every `dead` (or every `failed`) row of a destination again now, with fresh attempts and
     age; rows being sent right now are left alone. Returns how many."""
     await _require(conn, destination_id)
-    now = datetime.now(UTC)
+    now = await db_now(conn)  # the clock the rows' leases were taken by
     result = await conn.execute(
         update(OutboxItem)
         .where(

@@ -56,7 +56,7 @@ async def deliver_destination_once(context: Context, destination_id: int) -> int
     settings = context.settings
     policy = RetryPolicy.from_settings(settings)
     async with context.engine.begin() as conn:
-        claim = await outbox.claim_due(conn, destination_id, _now(), settings.delivery_lease, policy)
+        claim = await outbox.claim_due(conn, destination_id, settings.delivery_lease, policy)
     if claim is None:
         return 0
     target = claim.target
@@ -106,7 +106,7 @@ async def _settle(
         if missing:
             await outbox.release(conn, claim, missing, "the event is no longer stored")
         if results:
-            await outbox.record_outcomes(conn, claim, results, _now(), policy)
+            await outbox.record_outcomes(conn, claim, results, policy)
 
 
 def _results(chunks: list[list[ClaimedItem]], tasks: list[asyncio.Task[Outcome | None]]) -> list[Result]:
@@ -330,4 +330,6 @@ def _log_round(claim: Claim, results: Sequence[Result]) -> None:
 
 
 def _now() -> datetime:
+    """This host's clock, for what other workers never compare: a Retry-After date, purging, a secret's
+    grace. Leases and due times are the database's clock (outbox, db_now)."""
     return datetime.now(UTC)

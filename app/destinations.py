@@ -279,7 +279,7 @@ async def sync_env_destinations(
         rotation = rotate_to(spec.signing_secret, now, grace)
         await conn.execute(update(Destination).where(Destination.id == old.id).values(values | rotation))
         if any(getattr(old, name) != values[name] for name in DELIVERY_FIELDS):
-            await outbox.reset_backoff(conn, old.id, now)
+            await outbox.reset_backoff(conn, old.id)
     names = [spec.name for spec in specs]
     await conn.execute(
         update(Destination)
@@ -359,7 +359,7 @@ async def update_destination(
     if found is None:
         raise NotFound(f"no destination with id {destination_id}")
     if DELIVERY_FIELDS.intersection(values):
-        await outbox.reset_backoff(conn, destination_id, now)
+        await outbox.reset_backoff(conn, destination_id)
 
 
 async def delete_destination(conn: AsyncConnection, destination_id: int) -> None:

@@ -17,6 +17,7 @@ from sqlalchemy import and_, delete, exists, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.db import db_now
 from app.filters import EventFilter
 from app.models import Destination, OutboxItem
 from app.payloads import message_id
@@ -118,9 +119,12 @@ _TARGET_COLUMNS = [getattr(Destination, name) for name in Target.__slots__]
 
 
 async def claim_due(
-    conn: AsyncConnection, destination_id: int, now: datetime, lease: timedelta, policy: RetryPolicy
+    conn: AsyncConnection, destination_id: int, lease: timedelta, policy: RetryPolicy
 ) -> Claim | None:
     """Lease the destination's due rows (oldest first), in the caller's short transaction.
+
+    Due times and leases are the database's clock (db_now): a worker whose host clock runs ahead
+    would otherwise take over rows whose lease has not ended, and one behind would leave them late.
 
     A healthy destination gets enough rows for every concurrent call; a failing one gets a single
     batch, and its backoff is pushed to the lease end so that no other worker probes it meanwhile.
@@ -129,6 +133,7 @@ async def claim_due(
     Rows older than the maximum age are moved to dead letter here instead of being sent.
     """
     postgres = conn.dialect.name == "postgresql"
+    now = await db_now(conn)
     is_due = and_(
         OutboxItem.destination_id == destination_id,
         OutboxItem.status.in_(OPEN),
@@ -217,7 +222,6 @@ async def record_outcomes(
     conn: AsyncConnection,
     claim: Claim,
     results: Sequence[tuple[Sequence[ClaimedItem], Outcome | None]],
-    now: datetime,
     policy: RetryPolicy,
 ) -> None:
     """Settle a claim's rows after their POSTs, in the caller's second short transaction.
@@ -227,7 +231,9 @@ async def record_outcomes(
     Only retryable failures back off the whole destination: a permanent one says it is up.
     No outcome (None): not sent (the destination failed first, or the worker is stopping); the
     attempt is given back. Rows whose lease was taken over by another worker are left to that worker.
+    Retries and backoff are timed by the database's clock, which the claims compare them with.
     """
+    now = await db_now(conn)
     sent = [(items, outcome) for items, outcome in results if outcome is not None]
     unsent = [item.id for items, outcome in results if outcome is None for item in items]
     if unsent:
@@ -292,8 +298,10 @@ async def record_outcomes(
         )
 
 
-async def reset_backoff(conn: AsyncConnection, destination_id: int, now: datetime) -> None:
-    """Forget a destination's failures and make its failed rows due now: its settings were changed."""
+async def reset_backoff(conn: AsyncConnection, destination_id: int) -> None:
+    """Forget a destination's failures and make its failed rows due now (the database's clock, which
+    claims compare with): its settings were changed."""
+    now = await db_now(conn)
     await conn.execute(
         update(Destination)
         .where(Destination.id == destination_id)

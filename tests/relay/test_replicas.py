@@ -1,24 +1,30 @@
-"""Replicas on one PostgreSQL database doing the same read-then-write at once take turns."""
+"""Replicas on one PostgreSQL database: doing the same read-then-write at once they take turns, and
+their delivery leases keep to the database's clock whatever their hosts' clocks say."""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+import dataclasses
+from datetime import datetime, timedelta
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app import delivery
 from app.config import Settings
 from app.db import make_engine
+from app.delivery import deliver_destination_once
 from app.destinations import DestinationSpec, sync_env_destinations
 from app.models import Destination, OutboxItem
 from tests.conftest import PG_URL, LiveServer
 from tests.factories import make_event
-from tests.relay.conftest import add_destination, ingest
+from tests.relay.conftest import FAST_BACKOFF_MAX, add_destination, ingest
+from tests.relay.receiver import Receiver
 
-pytestmark = pytest.mark.skipif(not PG_URL, reason="replicas share PostgreSQL")
+# On SQLite every process runs on the host that has the file: one clock, which is the database's.
+pytestmark = pytest.mark.skipif(not PG_URL, reason="replicas share PostgreSQL (SQLite: one host, one clock)")
 
 REPLICAS = 4
 
@@ -58,3 +64,79 @@ async def test_replays_at_once_queue_each_event_once(
     async with engine.connect() as conn:
         queued = select(func.count(OutboxItem.id), func.count(OutboxItem.log_id.distinct()))
         assert tuple((await conn.execute(queued)).one()) == (len(events), len(events))
+
+
+def run_ahead(monkeypatch: pytest.MonkeyPatch, ahead: timedelta) -> None:
+    """This process's host clock runs `ahead` (the one mock: a real clock cannot be skewed here)."""
+    host_clock = delivery._now
+    monkeypatch.setattr(delivery, "_now", lambda: host_clock() + ahead)
+
+
+async def database_clock(engine: AsyncEngine) -> datetime:
+    async with engine.connect() as conn:
+        now: datetime = await conn.scalar(text("SELECT clock_timestamp()"))
+    return now
+
+
+async def test_a_worker_whose_clock_runs_ahead_does_not_take_over_rows_in_flight(
+    relay: LiveServer,
+    api: httpx.AsyncClient,
+    receiver: Receiver,
+    settings: Settings,
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    destination = await add_destination(api, receiver.url)
+    await ingest(api, [make_event()])
+    receiver.hold = in_flight = asyncio.Event()
+    first = asyncio.create_task(deliver_destination_once(relay.context, destination["id"]))
+    other = dataclasses.replace(relay.context, engine=make_engine(settings))  # a replica of its own
+    try:
+        await receiver.wait_for(1)  # claimed by the first worker, its request under way
+        receiver.hold = None  # any later request is answered at once
+        with monkeypatch.context() as patch:
+            run_ahead(patch, 2 * relay.context.settings.delivery_lease)
+            assert await deliver_destination_once(other, destination["id"]) == 0  # leased: not its turn
+    finally:
+        in_flight.set()
+        await asyncio.wait([first])
+        await other.engine.dispose()
+    assert first.result() == 1
+    assert len(receiver.requests) == 1
+    async with engine.connect() as conn:
+        assert await conn.scalar(select(OutboxItem.status)) == "delivered"
+
+
+async def test_a_worker_whose_clock_runs_ahead_leases_and_backs_off_by_the_database_clock(
+    relay: LiveServer,
+    api: httpx.AsyncClient,
+    receiver: Receiver,
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lease = relay.context.settings.delivery_lease
+    destination = await add_destination(api, receiver.url)
+    await ingest(api, [make_event()])
+    run_ahead(monkeypatch, 2 * lease)
+    receiver.hold = in_flight = asyncio.Event()
+    receiver.answer(503)
+    before = await database_clock(engine)
+    round_ = asyncio.create_task(deliver_destination_once(relay.context, destination["id"]))
+    try:
+        await receiver.wait_for(1)
+        after = await database_clock(engine)
+        async with engine.connect() as conn:
+            lease_until = await conn.scalar(select(OutboxItem.lease_until))
+    finally:
+        in_flight.set()
+        await asyncio.wait([round_])
+    assert round_.result() == 1
+    assert before + lease <= lease_until <= after + lease  # the claim's now() + the lease
+    settled = await database_clock(engine)
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(OutboxItem.status, OutboxItem.next_attempt_at))).one()
+        backoff_until = await conn.scalar(select(Destination.backoff_until))
+    assert row.status == "failed"
+    # Due again after the backoff by the database's clock, not after the host's skew.
+    assert after <= row.next_attempt_at <= settled + timedelta(seconds=FAST_BACKOFF_MAX)
+    assert backoff_until == row.next_attempt_at

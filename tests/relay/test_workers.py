@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -98,9 +98,7 @@ async def test_two_workers_never_claim_the_same_row(
         idle = 0
         while idle < 20:
             async with engines[index].begin() as conn:
-                claim = await outbox.claim_due(
-                    conn, destination["id"], datetime.now(UTC), timedelta(minutes=5), RetryPolicy()
-                )
+                claim = await outbox.claim_due(conn, destination["id"], timedelta(minutes=5), RetryPolicy())
             if claim is None:
                 idle += 1
                 await asyncio.sleep(0)

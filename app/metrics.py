@@ -11,6 +11,7 @@ every replica and includes the work of separate `worker` and `poll` processes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import time
@@ -35,6 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import deliveries, poller_state
+from app.errors import NotFound
 from app.ingest import StoreResult
 from app.models import Destination
 from app.retry import Outcome, verdict_of
@@ -132,7 +134,10 @@ async def _database_families(
     try:
         async with engine.connect() as conn:
             destinations = (await conn.execute(select(Destination.id, Destination.name))).all()
-            health = [(d, await deliveries.destination_health(conn, d.id)) for d in destinations]
+            health = []
+            for destination in destinations:
+                with contextlib.suppress(NotFound):  # deleted since the list was read: not a failed scrape
+                    health.append((destination, await deliveries.destination_health(conn, destination.id)))
             poller = await poller_state.describe(conn, lag_limit) if poller_enabled else None
     except (SQLAlchemyError, OSError):  # the counters are still worth a scrape
         up.add_metric([], 0)

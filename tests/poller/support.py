@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.models import LogEvent, PollerState
+from app.poller_state import is_pass_running
 from tests.poller.fake_auth0 import CLIENT_ID, CLIENT_SECRET
 
 LOGRELAY = str(Path(sys.executable).parent / "logrelay")
@@ -93,6 +94,16 @@ async def until(condition: Callable[[], bool], what: str) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"gave up waiting for {what}")
+
+
+async def until_no_pass_holds_the_lock(engine: AsyncEngine) -> None:
+    """On PostgreSQL a terminated backend lets go of its advisory lock a moment after it is told to."""
+    for _ in range(1500):  # a bound on waiting, not a timing assertion
+        async with engine.connect() as conn:
+            if not await is_pass_running(conn):
+                return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the pass lock was never freed")
 
 
 async def start_poll_once(settings: Settings, cwd: Path, **env: str) -> asyncio.subprocess.Process:

@@ -23,7 +23,7 @@ from app.poller import poll_once
 from app.poller_state import ensure_state, is_pass_running
 from tests.conftest import is_postgres
 from tests.poller.fake_auth0 import FakeAuth0, make_logs
-from tests.poller.support import start_poll_once, until
+from tests.poller.support import start_poll_once, until, until_no_pass_holds_the_lock
 
 sqlite_only = pytest.mark.skipif(is_postgres(), reason="the lease is SQLite's pass lock")
 
@@ -53,13 +53,7 @@ async def wait_for_the_lock_to_free(engine: AsyncEngine) -> None:
         async with engine.begin() as conn:
             expired = datetime.now(UTC) - timedelta(seconds=1)
             await conn.execute(update(PollerState).values(lease_until=expired))
-    deadline = asyncio.get_running_loop().time() + 30  # a bound on waiting, not a timing assertion
-    while True:
-        async with engine.connect() as conn:
-            if not await is_pass_running(conn):
-                return
-        assert asyncio.get_running_loop().time() < deadline, "the killed pass's lock was never freed"
-        await asyncio.sleep(0.02)
+    await until_no_pass_holds_the_lock(engine)
 
 
 async def test_the_next_pass_closes_the_run_of_a_killed_pass(

@@ -23,7 +23,7 @@ from app.poller_state import ADVISORY_KEY, KEEP_RUNS, is_pass_running
 from app.schedule import parse_schedule
 from tests.conftest import ADMIN_TOKEN, READ_TOKEN, bearer, is_postgres
 from tests.poller.fake_auth0 import FakeAuth0, make_logs
-from tests.poller.support import run_poll_once, start_poll_once, until
+from tests.poller.support import run_poll_once, start_poll_once, until, until_no_pass_holds_the_lock
 
 
 async def count(engine: AsyncEngine) -> int:
@@ -195,7 +195,8 @@ async def take_the_pass_lock_away(engine: AsyncEngine) -> str:
             {"high": ADVISORY_KEY >> 32, "low": ADVISORY_KEY & 0xFFFFFFFF},
         )
         assert killed
-        return "lost its advisory lock"
+    await until_no_pass_holds_the_lock(engine)  # the backend exits a moment after it is told to
+    return "lost its advisory lock"
 
 
 async def test_a_pass_that_lost_its_lock_cannot_move_the_checkpoint(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import and_, func, insert, or_, select, tuple_, update
+from sqlalchemy import and_, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.auth0.catalog import CATEGORIES, LOG_TYPES
@@ -17,7 +17,7 @@ from app.db import REPLAY_LOCK, db_now, take_turns
 from app.errors import Conflict, NotFound, Unprocessable
 from app.filters import EventFilter
 from app.models import Destination, LogEvent, OutboxItem
-from app.outbox import OPEN, new_item
+from app.outbox import OPEN, new_item, queue
 
 STATUSES = ("pending", "failed", "delivered", "dead")
 REPLAY_CHUNK = 2000
@@ -55,7 +55,8 @@ async def list_deliveries(
         query = query.where(OutboxItem.status == status)
     if before is not None:
         query = query.where(OutboxItem.id < before)
-    rows = [_delivery(row._mapping) for row in await conn.execute(query)]
+    now = await db_now(conn)  # the clock leases are taken by: which rows are being sent right now
+    rows = [_delivery(row._mapping, now) for row in await conn.execute(query)]
     more = len(rows) > limit
     rows = rows[:limit]
     return {"items": rows, "next": rows[-1]["id"] if more else None}
@@ -72,7 +73,7 @@ async def retry_delivery(conn: AsyncConnection, delivery_id: int) -> dict[str, A
     await conn.execute(update(OutboxItem).where(OutboxItem.id == delivery_id).values(**_fresh(now)))
     await _wake(conn, row.destination_id)
     changed = (await conn.execute(select(*_ROW).where(OutboxItem.id == delivery_id))).one()
-    return _delivery(changed._mapping)
+    return _delivery(changed._mapping, now)
 
 
 async def retry_all(conn: AsyncConnection, destination_id: int, status: Literal["dead", "failed"]) -> int:
@@ -161,15 +162,14 @@ async def _queue_page(
             )
         )
     )
-    now = datetime.now(UTC)
     items = [
-        new_item(destination_id, row.log_id, now)
+        new_item(destination_id, row.log_id)
         for row in rows
         if row.log_id not in waiting
         and wanted.matches(row.type, row.category, getattr(row, "data", None) or {})
     ]
     if items:
-        await conn.execute(insert(OutboxItem), items)
+        await conn.execute(queue(conn.dialect.name), items)
     return len(items)
 
 
@@ -256,10 +256,10 @@ async def _require(conn: AsyncConnection, destination_id: int) -> Any:
     return row
 
 
-def _delivery(row: Any) -> dict[str, Any]:
+def _delivery(row: Any, now: datetime) -> dict[str, Any]:
     item = dict(row)
     lease = item.pop("lease_until")
-    item["in_flight"] = lease is not None and lease > datetime.now(UTC)
+    item["in_flight"] = lease is not None and lease > now
     if item["status"] not in ("pending", "failed"):
         item["next_attempt_at"] = None
     return item

@@ -4,16 +4,20 @@ their delivery leases keep to the database's clock whatever their hosts' clocks 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from datetime import datetime, timedelta
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, tzinfo
+from types import ModuleType
 
 import httpx
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import delivery
+from app import deliveries, delivery, outbox
 from app.config import Settings
+from app.context import Context
 from app.db import make_engine
 from app.delivery import deliver_destination_once
 from app.destinations import DestinationSpec, sync_env_destinations
@@ -72,6 +76,21 @@ def run_ahead(monkeypatch: pytest.MonkeyPatch, ahead: timedelta) -> None:
     monkeypatch.setattr(delivery, "_now", lambda: host_clock() + ahead)
 
 
+@contextlib.asynccontextmanager
+async def round_in_flight(
+    context: Context, receiver: Receiver, destination_id: int
+) -> AsyncIterator[asyncio.Task[int]]:
+    """A delivery round whose request the receiver holds open until the block ends."""
+    receiver.hold = in_flight = asyncio.Event()
+    round_ = asyncio.create_task(deliver_destination_once(context, destination_id))
+    try:
+        await receiver.wait_for(1)  # claimed, its request under way
+        yield round_
+    finally:
+        in_flight.set()
+        await asyncio.wait([round_])
+
+
 async def database_clock(engine: AsyncEngine) -> datetime:
     async with engine.connect() as conn:
         now: datetime = await conn.scalar(text("SELECT clock_timestamp()"))
@@ -88,18 +107,14 @@ async def test_a_worker_whose_clock_runs_ahead_does_not_take_over_rows_in_flight
 ) -> None:
     destination = await add_destination(api, receiver.url)
     await ingest(api, [make_event()])
-    receiver.hold = in_flight = asyncio.Event()
-    first = asyncio.create_task(deliver_destination_once(relay.context, destination["id"]))
     other = dataclasses.replace(relay.context, engine=make_engine(settings))  # a replica of its own
     try:
-        await receiver.wait_for(1)  # claimed by the first worker, its request under way
-        receiver.hold = None  # any later request is answered at once
-        with monkeypatch.context() as patch:
-            run_ahead(patch, 2 * relay.context.settings.delivery_lease)
-            assert await deliver_destination_once(other, destination["id"]) == 0  # leased: not its turn
+        async with round_in_flight(relay.context, receiver, destination["id"]) as first:
+            receiver.hold = None  # any later request is answered at once
+            with monkeypatch.context() as patch:
+                run_ahead(patch, 2 * relay.context.settings.delivery_lease)
+                assert await deliver_destination_once(other, destination["id"]) == 0  # leased: not its turn
     finally:
-        in_flight.set()
-        await asyncio.wait([first])
         await other.engine.dispose()
     assert first.result() == 1
     assert len(receiver.requests) == 1
@@ -118,18 +133,12 @@ async def test_a_worker_whose_clock_runs_ahead_leases_and_backs_off_by_the_datab
     destination = await add_destination(api, receiver.url)
     await ingest(api, [make_event()])
     run_ahead(monkeypatch, 2 * lease)
-    receiver.hold = in_flight = asyncio.Event()
     receiver.answer(503)
     before = await database_clock(engine)
-    round_ = asyncio.create_task(deliver_destination_once(relay.context, destination["id"]))
-    try:
-        await receiver.wait_for(1)
+    async with round_in_flight(relay.context, receiver, destination["id"]) as round_:
         after = await database_clock(engine)
         async with engine.connect() as conn:
             lease_until = await conn.scalar(select(OutboxItem.lease_until))
-    finally:
-        in_flight.set()
-        await asyncio.wait([round_])
     assert round_.result() == 1
     assert before + lease <= lease_until <= after + lease  # the claim's now() + the lease
     settled = await database_clock(engine)
@@ -140,3 +149,59 @@ async def test_a_worker_whose_clock_runs_ahead_leases_and_backs_off_by_the_datab
     # Due again after the backoff by the database's clock, not after the host's skew.
     assert after <= row.next_attempt_at <= settled + timedelta(seconds=FAST_BACKOFF_MAX)
     assert backoff_until == row.next_attempt_at
+
+
+def host_clock_ahead(monkeypatch: pytest.MonkeyPatch, module: ModuleType, ahead: timedelta) -> None:
+    """`module`'s `datetime.now()` runs `ahead`, as on a host whose clock does (a real one cannot be
+    skewed here)."""
+
+    class Skewed(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> Skewed:
+            moved = datetime.now(tz) + ahead
+            return cls.fromtimestamp(moved.timestamp(), moved.tzinfo)
+
+    monkeypatch.setattr(module, "datetime", Skewed)
+
+
+@pytest.mark.parametrize("source", ["stream", "replay"])
+async def test_rows_queued_on_a_host_whose_clock_runs_ahead_are_due_by_the_database_clock(
+    source: str,
+    relay: LiveServer,
+    api: httpx.AsyncClient,
+    receiver: Receiver,
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    destination = await add_destination(api, receiver.url)
+    path = f"/api/destinations/{destination['id']}"
+    for module in (outbox, deliveries):
+        host_clock_ahead(monkeypatch, module, timedelta(hours=1))
+    if source == "replay":
+        await api.patch(path, json={"enabled": False})  # stored, not queued
+    before = await database_clock(engine)
+    await ingest(api, [make_event()])
+    if source == "replay":
+        await api.patch(path, json={"enabled": True})
+        assert (await api.post(f"{path}/replay")).json()["queued"] == 1
+    after = await database_clock(engine)
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(OutboxItem.created_at, OutboxItem.next_attempt_at))).one()
+    assert before <= row.created_at == row.next_attempt_at <= after
+    # Due now: an hour ahead, the row would have waited an hour for its first delivery.
+    assert await deliver_destination_once(relay.context, destination["id"]) == 1
+    assert len(receiver.requests) == 1
+
+
+async def test_a_row_being_sent_is_in_flight_to_an_api_host_whose_clock_runs_ahead(
+    relay: LiveServer,
+    api: httpx.AsyncClient,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    destination = await add_destination(api, receiver.url)
+    await ingest(api, [make_event()])
+    async with round_in_flight(relay.context, receiver, destination["id"]):
+        host_clock_ahead(monkeypatch, deliveries, 2 * relay.context.settings.delivery_lease)
+        listed = (await api.get("/api/deliveries")).json()["items"]
+    assert [item["in_flight"] for item in listed] == [True]

@@ -165,13 +165,34 @@ def migrate_command() -> None:
 
 
 @cli.command()
-def worker() -> None:
+def worker(
+    host: Annotated[str | None, typer.Option(help="Address for --port (env HOST; default 127.0.0.1)")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Serve /healthz, /readyz and /metrics on this port (env WORKER_PORT)")
+    ] = None,
+) -> None:
     """Run the delivery and poller loops without the API."""
-    settings = load_settings()
+    settings = load_settings(host=host, worker_port=port)
     configure_logging(settings.service_log_level)
     prepare_database(settings)
     prepare_tokens(settings)
-    asyncio.run(_run_workers(settings))
+    if settings.worker_port is None:
+        asyncio.run(_run_workers(settings))
+        return
+    from app.main import create_worker_app
+
+    address = f"http://{settings.host}:{settings.worker_port}"
+    typer.echo(f"logrelay {__version__} worker; health and metrics on {address}", err=True)
+    # uvicorn owns the signals; its shutdown ends the app's lifespan, which stops the loops.
+    uvicorn.run(
+        create_worker_app(settings),
+        host=settings.host,
+        port=settings.worker_port,
+        log_config=uvicorn_log_config(settings.service_log_level),
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=30,
+    )
 
 
 async def _run_workers(settings: Settings) -> None:

@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     database_url: str = ""
     service_log_level: LevelName = "info"
     run_workers: bool = True  # `serve` also runs the delivery and poller loops
+    worker_port: int | None = Field(None, ge=1, le=65535)  # `worker` serves health and metrics on it
 
     # --- tokens (generated, kept under data_dir and printed when unset) -------------------------
     log_stream_token: CommaSecrets = []

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from types import ModuleType
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp
@@ -23,7 +24,18 @@ def create_app(settings: Settings | None = None, *, run_workers: bool | None = N
     return logs.IngestFastPath(create_fastapi_app(settings, run_workers=run_workers))
 
 
-def create_fastapi_app(settings: Settings | None = None, *, run_workers: bool | None = None) -> FastAPI:
+def create_worker_app(settings: Settings) -> FastAPI:
+    """What `worker --port` serves while its loops run: liveness, readiness and its metrics."""
+    return create_fastapi_app(settings, run_workers=True, routers=(metrics, health), openapi_url=None)
+
+
+def create_fastapi_app(
+    settings: Settings | None = None,
+    *,
+    run_workers: bool | None = None,
+    routers: Sequence[ModuleType] = (logs, events, destinations, deliveries, poller, metrics, health),
+    openapi_url: str | None = "/openapi.json",
+) -> FastAPI:
     settings = settings or Settings()
     workers_on = settings.run_workers if run_workers is None else run_workers
 
@@ -48,9 +60,10 @@ def create_fastapi_app(settings: Settings | None = None, *, run_workers: bool | 
         # FastAPI's OpenTelemetry hook looks up the global providers (and the environment) on every
         # request, a measurable share of a small ingest request; logrelay does not use it.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        openapi_url=openapi_url,
     )
     add_exception_handlers(app)
     app.add_middleware(BodyLimit)
-    for module in (logs, events, destinations, deliveries, poller, metrics, health):
+    for module in routers:
         app.include_router(module.router)
     return app

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
 import os
 import re
 import shutil
@@ -16,11 +17,13 @@ import ssl
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -59,12 +62,15 @@ class Served:
 
 
 @contextlib.contextmanager
-def serve(cwd: Path, env: dict[str, str], *args: str, tls: ssl.SSLContext | None = None) -> Iterator[Served]:
+def serve(
+    cwd: Path, env: dict[str, str], *args: str, tls: ssl.SSLContext | None = None, command: str = "serve"
+) -> Iterator[Served]:
+    """`logrelay serve` (or `worker`) on a free port, ready."""
     port = free_port()
-    log = cwd / f"serve-{port}.log"
+    log = cwd / f"{command}-{port}.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [str(LOGRELAY), "serve", "--host", "127.0.0.1", "--port", str(port), *args],
+            [str(LOGRELAY), command, "--host", "127.0.0.1", "--port", str(port), *args],
             cwd=cwd,
             env=env,
             stdout=sink,
@@ -83,12 +89,12 @@ def wait_until_ready(served: Served, tls: ssl.SSLContext | None = None) -> None:
     deadline = time.monotonic() + START_DEADLINE
     while time.monotonic() < deadline:
         if served.process.poll() is not None:
-            pytest.fail(f"logrelay serve exited with {served.process.returncode}:\n{served.output()}")
+            pytest.fail(f"logrelay exited with {served.process.returncode}:\n{served.output()}")
         with contextlib.suppress(httpx.TransportError):
             if httpx.get(f"{served.base_url}/readyz", timeout=2, verify=tls or True).status_code == 200:
                 return
         time.sleep(0.1)
-    pytest.fail(f"logrelay serve did not become ready:\n{served.output()}")
+    pytest.fail(f"logrelay did not become ready:\n{served.output()}")
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -445,3 +451,63 @@ def test_serve_over_https(tmp_path: Path) -> None:
         )
         assert response.status_code == 200, response.text
         assert response.json()["stored"] == 1
+
+
+@contextlib.contextmanager
+def hook() -> Iterator[tuple[str, list[Any]]]:
+    """A webhook receiver on 127.0.0.1, stopped with the block: its URL and the events it got."""
+    received: list[Any] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.extend(orjson.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:  # quiet
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+        finally:
+            server.shutdown()
+            thread.join()
+
+
+def test_worker_with_a_port_serves_health_and_its_own_delivery_metrics(tmp_path: Path) -> None:
+    """A separate `worker` process: its delivery counters are only in its own /metrics."""
+    with hook() as (url, received):
+        env = clean_env(LOG_STREAM_TOKEN="stream", API_TOKEN="read", FORWARD_URL=url, RUN_WORKERS="false")
+        failure = make_event(type="f")
+        with serve(tmp_path, env) as api:  # ingest only: its loops are off
+            posted = httpx.post(
+                f"{api.base_url}/api/logs",
+                content=make_stream_body([failure, make_event(type="s")], "jsonl"),
+                headers={"Authorization": "stream"},
+            )
+            assert posted.status_code == 200, posted.text
+        with serve(tmp_path, env, command="worker") as worker:
+            deadline = time.monotonic() + START_DEADLINE
+            while not received and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert [event["log_id"] for event in received] == [failure["log_id"]]
+            assert httpx.get(f"{worker.base_url}/healthz").json() == {"status": "ok"}
+            assert httpx.get(f"{worker.base_url}/metrics").status_code == 401
+            assert (
+                httpx.get(
+                    f"{worker.base_url}/api/events", headers={"Authorization": "Bearer read"}
+                ).status_code
+                == 404
+            )
+            scraped = httpx.get(f"{worker.base_url}/metrics", headers={"Authorization": "Bearer read"})
+            assert scraped.status_code == 200, scraped.text
+            samples = scrape(scraped.text)
+            delivered = {"destination": "1", "verdict": "delivered"}
+            assert sample(samples, "logrelay_delivery_events_total", **delivered) == 1
+            assert sample(samples, "logrelay_outbox_items", destination="1", status="delivered") == 1
+            worker.process.send_signal(signal.SIGTERM)
+            worker.process.wait(timeout=30)  # uvicorn ends by re-raising the signal it stopped on
+        assert "Application shutdown complete" in worker.output()  # the loops were stopped, not killed

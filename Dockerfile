@@ -6,7 +6,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     DATA_DIR=/data \
     HOST=0.0.0.0 \
-    PORT=8000
+    PORT=8000 \
+    WORKER_PORT=8000
 
 WORKDIR /app
 COPY pyproject.toml README.md ./

@@ -178,6 +178,21 @@ def test_bad_setting_exits_naming_it(
     assert not (tmp_path / "data" / "tokens.json").exists()
 
 
+def test_every_duration_setting_takes_iso_8601(tmp_path: Path) -> None:
+    # The README: "Durations take seconds (60) or ISO 8601 (PT1M, P3D)", also those kept as seconds.
+    env = clean_env(
+        DELIVERY_TIMEOUT="PT10S",
+        DELIVERY_POLL_INTERVAL="PT0.5S",
+        DELIVERY_BACKOFF_BASE="PT2S",
+        DELIVERY_BACKOFF_MAX="PT1H",
+        POLL_MAX_RUN_SECONDS="PT5M",
+        DELIVERY_LEASE="PT1M",
+    )
+    result = run(["migrate"], tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    one_clean_line(run(["migrate"], tmp_path, env | {"DELIVERY_TIMEOUT": "soon"}), 2, "DELIVERY_TIMEOUT")
+
+
 def one_clean_line(result: subprocess.CompletedProcess[str], code: int, *named: str) -> None:
     """The command failed with `code` and said why in one line naming each of `named`, no traceback."""
     assert result.returncode == code, result.stderr

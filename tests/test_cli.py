@@ -229,13 +229,14 @@ def test_a_schema_newer_than_this_release_is_refused_with_what_to_do(tmp_path: P
 def test_a_bad_tls_certificate_stops_serve_before_any_token_is_made(tmp_path: Path) -> None:
     key = tmp_path / "key.pem"
     key.write_text("not a key")
-    for args in (
-        ["--ssl-certfile", str(tmp_path / "missing.pem")],
-        ["--ssl-certfile", str(key), "--ssl-keyfile", str(key)],
-        ["--ssl-keyfile", str(key)],
+    missing = str(tmp_path / "missing.pem")
+    for args, named in (
+        (["--ssl-certfile", missing], ["TLS certificate", missing]),  # which file: the error names none
+        (["--ssl-certfile", str(key), "--ssl-keyfile", str(key)], ["TLS certificate", str(key)]),
+        (["--ssl-keyfile", str(key)], ["--ssl-keyfile needs --ssl-certfile"]),
     ):
         result = run(["serve", "--port", str(free_port()), *args], tmp_path, clean_env())
-        one_clean_line(result, 2, "ssl" if args[0] == "--ssl-keyfile" else "TLS certificate")
+        one_clean_line(result, 2, *named)
         assert "LOG_STREAM_TOKEN" not in result.stderr
         assert not (tmp_path / "data" / "tokens.json").exists()
 

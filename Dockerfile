@@ -13,8 +13,9 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY migrations ./migrations
+# /data 0700, as logrelay makes DATA_DIR itself: it holds the tokens and destinations' credentials.
 RUN pip install . && useradd --system --uid 10001 --home-dir /data logrelay \
-    && mkdir -p /data && chown logrelay /data
+    && install -d -o logrelay -m 0700 /data
 
 USER logrelay
 VOLUME ["/data"]

@@ -96,8 +96,10 @@ def check_tls(certfile: Path | None, keyfile: Path | None) -> None:
         try:
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
         except (OSError, ssl.SSLError) as exc:
-            problem = f"{exc.filename}: {exc.strerror}" if getattr(exc, "filename", None) else str(exc)
-            fail(f"cannot use the TLS certificate and key ({problem})", 2)
+            # load_cert_chain's errors name no file ("[Errno 2] No such file or directory"): name them.
+            files = f"{certfile} and key {keyfile}" if keyfile else str(certfile)
+            problem = exc.strerror if isinstance(exc, FileNotFoundError) and exc.strerror else str(exc)
+            fail(f"cannot use the TLS certificate {files} ({problem})", 2)
 
 
 @cli.command()

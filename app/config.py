@@ -8,7 +8,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, BeforeValidator, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AnyHttpUrl,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.auth0.catalog import CATEGORIES, LOG_TYPES
@@ -30,6 +39,21 @@ def _seconds(value: object) -> object:
     return value
 
 
+_TIMEDELTA = TypeAdapter(timedelta)
+
+
+def _seconds_or_iso(value: object) -> object:
+    """A number of seconds from seconds ("10") or an ISO 8601 duration ("PT10S"), as every duration
+    setting takes them, also those the code keeps as a plain number of seconds."""
+    value = _seconds(value)
+    if not isinstance(value, str):
+        return value
+    try:
+        return _TIMEDELTA.validate_python(value.strip()).total_seconds()
+    except ValidationError:
+        raise ValueError("use seconds (10) or an ISO 8601 duration (PT10S)") from None
+
+
 def _lower(value: object) -> object:
     return value.strip().lower() if isinstance(value, str) else value
 
@@ -37,6 +61,8 @@ def _lower(value: object) -> object:
 LevelName = Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)]
 # A duration: seconds (60, "60") or ISO 8601 ("PT1M", "P3D").
 Duration = Annotated[timedelta, BeforeValidator(_seconds)]
+# The same, kept as a number of seconds.
+Seconds = Annotated[float, BeforeValidator(_seconds_or_iso)]
 
 
 def split_commas(value: object) -> object:
@@ -97,14 +123,14 @@ class Settings(BaseSettings):
     # A replaced signing secret signs beside the new one this long (Standard Webhooks' rotation).
     signing_secret_grace: Duration = Field(timedelta(days=1), ge=timedelta(0), le=timedelta(days=30))
     slack_incoming_webhook_url: AnyHttpUrl | None = None
-    delivery_timeout: float = Field(10.0, gt=0)
+    delivery_timeout: Seconds = Field(10.0, gt=0)
     delivery_max_attempts: int = Field(100, ge=1)
     delivery_max_age: Duration = timedelta(days=3)
     delivery_lease: Duration = timedelta(seconds=60)
-    delivery_poll_interval: float = Field(1.0, gt=0)
+    delivery_poll_interval: Seconds = Field(1.0, gt=0)
     # Backoff after a destination fails: base * 2^(n-1) seconds with jitter, capped (relay).
-    delivery_backoff_base: float = Field(1.0, gt=0)
-    delivery_backoff_max: float = Field(3600.0, gt=0)
+    delivery_backoff_base: Seconds = Field(1.0, gt=0)
+    delivery_backoff_max: Seconds = Field(3600.0, gt=0)
     delivery_keep_delivered: Duration = timedelta(days=7)  # delivered outbox rows are purged after this
 
     # --- poller (Auth0 Management API), with the old extensions' setting names --------------------
@@ -112,7 +138,7 @@ class Settings(BaseSettings):
     auth0_client_id: str | None = None
     auth0_client_secret: SecretStr | None = None
     poll_schedule: str = "5m"
-    poll_max_run_seconds: float = Field(300.0, gt=0)
+    poll_max_run_seconds: Seconds = Field(300.0, gt=0)
     # The webhook batch, as in the extensions (up to 1000); a logs request takes at most 100 of them.
     batch_size: int = Field(100, ge=1, le=1000)
     start_from: str | None = None

@@ -184,6 +184,21 @@ def test_bad_setting_exits_naming_it(
     assert not (tmp_path / "data" / "tokens.json").exists()
 
 
+def test_every_duration_setting_takes_iso_8601(tmp_path: Path) -> None:
+    # The README: "Durations take seconds (60) or ISO 8601 (PT1M, P3D)", also those kept as seconds.
+    env = clean_env(
+        DELIVERY_TIMEOUT="PT10S",
+        DELIVERY_POLL_INTERVAL="PT0.5S",
+        DELIVERY_BACKOFF_BASE="PT2S",
+        DELIVERY_BACKOFF_MAX="PT1H",
+        POLL_MAX_RUN_SECONDS="PT5M",
+        DELIVERY_LEASE="PT1M",
+    )
+    result = run(["migrate"], tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    one_clean_line(run(["migrate"], tmp_path, env | {"DELIVERY_TIMEOUT": "soon"}), 2, "DELIVERY_TIMEOUT")
+
+
 def one_clean_line(result: subprocess.CompletedProcess[str], code: int, *named: str) -> None:
     """The command failed with `code` and said why in one line naming each of `named`, no traceback."""
     assert result.returncode == code, result.stderr
@@ -220,13 +235,14 @@ def test_a_schema_newer_than_this_release_is_refused_with_what_to_do(tmp_path: P
 def test_a_bad_tls_certificate_stops_serve_before_any_token_is_made(tmp_path: Path) -> None:
     key = tmp_path / "key.pem"
     key.write_text("not a key")
-    for args in (
-        ["--ssl-certfile", str(tmp_path / "missing.pem")],
-        ["--ssl-certfile", str(key), "--ssl-keyfile", str(key)],
-        ["--ssl-keyfile", str(key)],
+    missing = str(tmp_path / "missing.pem")
+    for args, named in (
+        (["--ssl-certfile", missing], ["TLS certificate", missing]),  # which file: the error names none
+        (["--ssl-certfile", str(key), "--ssl-keyfile", str(key)], ["TLS certificate", str(key)]),
+        (["--ssl-keyfile", str(key)], ["--ssl-keyfile needs --ssl-certfile"]),
     ):
         result = run(["serve", "--port", str(free_port()), *args], tmp_path, clean_env())
-        one_clean_line(result, 2, "ssl" if args[0] == "--ssl-keyfile" else "TLS certificate")
+        one_clean_line(result, 2, *named)
         assert "LOG_STREAM_TOKEN" not in result.stderr
         assert not (tmp_path / "data" / "tokens.json").exists()
 

@@ -140,6 +140,8 @@ def test_dotenv_file(tmp_path: Path) -> None:
         ("LOG_LEVEL", "loud"),
         ("SERVICE_LOG_LEVEL", "verbose"),
         ("DELIVERY_MAX_AGE", "soon"),
+        ("DELIVERY_TIMEOUT", "soon"),
+        ("POLL_MAX_RUN_SECONDS", "P"),
         ("SIGNING_SECRET_GRACE", "P31D"),
         ("SIGNING_SECRET_GRACE", "-1"),
     ],
@@ -180,6 +182,22 @@ def test_durations_take_seconds_or_iso_8601(
     assert settings.signing_secret_grace == expected
     monkeypatch.setenv("DELIVERY_LEASE", "120")
     assert make().delivery_lease == timedelta(seconds=120)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("12", 12.0), (" 2.5 ", 2.5), ("PT12S", 12.0), ("PT1M", 60.0)]
+)
+def test_settings_kept_as_seconds_take_iso_8601_too(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: float
+) -> None:
+    names = ("DELIVERY_TIMEOUT", "DELIVERY_POLL_INTERVAL", "DELIVERY_BACKOFF_BASE", "DELIVERY_BACKOFF_MAX")
+    for name in (*names, "POLL_MAX_RUN_SECONDS"):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("DELIVERY_LEASE", "P1D")
+    settings = make()
+    assert settings.delivery_timeout == settings.delivery_poll_interval == expected
+    assert settings.delivery_backoff_base == settings.delivery_backoff_max == expected
+    assert settings.poll_max_run_seconds == expected
 
 
 def test_level_names_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:

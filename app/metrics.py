@@ -152,7 +152,7 @@ def _destination_families(health: Sequence[tuple[Any, dict[str, Any]]]) -> list[
     )
     items = GaugeMetricFamily(
         "logrelay_outbox_items",
-        "Outbox rows by destination and status (pending, failed, delivered, dead).",
+        "Outbox rows to deliver or dead, by destination and status (pending, failed, dead).",
         labels=["destination", "status"],
     )
     oldest = GaugeMetricFamily(

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import migrate
@@ -211,3 +211,19 @@ def scrape(text: str) -> Samples:
 def sample(samples: Samples, name: str, /, **labels: str) -> float:
     """One sample's value; 0 for a counter not yet incremented (prometheus shows none then)."""
     return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+@contextlib.contextmanager
+def statements_naming(engine: AsyncEngine, table: str) -> Iterator[list[tuple[str, Any]]]:
+    """The statements run on `engine` meanwhile that name `table`, with their parameters, as sent."""
+    seen: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, sql: str, parameters: Any, context: Any, many: bool) -> None:
+        if table in sql:
+            seen.append((sql, parameters))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        yield seen
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", capture)

@@ -34,7 +34,8 @@ async def create_destination(fields: DestinationCreate, context: ContextDep) -> 
 
 @router.get("/{destination_id}")
 async def get_destination(destination_id: DestinationId, context: ContextDep) -> dict[str, Any]:
-    """A destination and its health: last success and failure, backlog, oldest pending age."""
+    """A destination and its health: last success and failure, backlog, oldest pending age, and its
+    pending, failed and dead rows (delivered rows are not counted: list them with /api/deliveries)."""
     async with context.engine.connect() as conn:
         destination = await destinations.get_destination(conn, destination_id)
         destination["health"] = await deliveries.destination_health(conn, destination_id)

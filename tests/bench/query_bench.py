@@ -29,13 +29,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
+from sqlalchemy import Table
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -146,11 +147,11 @@ def rows(n: int) -> Iterator[dict[str, Any]]:
 
 
 COLUMNS = [c.name for c in LogEvent.__table__.columns]
-INDEXES = list(LogEvent.__table__.indexes)
+Row = tuple[Any, ...]
 
 
-def chunks(n: int, size: int) -> Iterator[list[tuple[Any, ...]]]:
-    batch: list[tuple[Any, ...]] = []
+def chunks(n: int, size: int) -> Iterator[list[Row]]:
+    batch: list[Row] = []
     for row in rows(n):
         batch.append(tuple(row[c] for c in COLUMNS))
         if len(batch) == size:
@@ -161,6 +162,17 @@ def chunks(n: int, size: int) -> Iterator[list[tuple[Any, ...]]]:
 
 
 def load_sqlite(path: str, n: int) -> None:
+    load_sqlite_table(path, LogEvent.__table__, COLUMNS, chunks(n, 50_000))
+    # No ANALYZE: a live logrelay never runs it, and the plans must hold without statistics.
+
+
+async def load_postgres(dsn: str, n: int) -> None:
+    await load_postgres_table(dsn, LogEvent.__table__, COLUMNS, chunks(n, 50_000))
+
+
+def load_sqlite_table(path: str, table: Table, columns: list[str], batches: Iterable[list[Row]]) -> None:
+    """Empty `table` and insert the batches (tuples in `columns` order), one transaction each; its
+    indexes are dropped for the load and built after it, as a restore would."""
     from sqlalchemy import create_engine
     from sqlalchemy.schema import CreateIndex
 
@@ -168,13 +180,13 @@ def load_sqlite(path: str, n: int) -> None:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=OFF")  # a bulk load, not ingest: durability is not measured here
     db.execute("PRAGMA cache_size=-1000000")
-    for index in INDEXES:
+    for index in table.indexes:
         db.execute(f"DROP INDEX IF EXISTS {index.name}")
-    db.execute("DELETE FROM log_events")
-    sql = f"INSERT INTO log_events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+    db.execute(f"DELETE FROM {table.name}")
+    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
     stamp = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's SQLite DateTime text form, naive UTC
     done = 0
-    for batch in chunks(n, 50_000):
+    for batch in batches:
         converted = [
             tuple(v.astimezone(UTC).strftime(stamp) if isinstance(v, datetime) else v for v in row)
             for row in batch
@@ -185,34 +197,36 @@ def load_sqlite(path: str, n: int) -> None:
         done += len(batch)
         print(f"  loaded {done}", file=sys.stderr, flush=True)
     dialect = create_engine("sqlite://").dialect
-    for index in INDEXES:
+    for index in table.indexes:
         started = time.perf_counter()
         db.execute(str(CreateIndex(index).compile(dialect=dialect)))
         print(f"  index {index.name}: {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
-    # No ANALYZE: a live logrelay never runs it, and the plans must hold without statistics.
     db.close()
 
 
-async def load_postgres(dsn: str, n: int) -> None:
+async def load_postgres_table(
+    dsn: str, table: Table, columns: list[str], batches: Iterable[list[Row]]
+) -> None:
+    """load_sqlite_table's PostgreSQL twin (COPY), then VACUUM ANALYZE, as autovacuum would."""
     import asyncpg
     from sqlalchemy.dialects import postgresql
     from sqlalchemy.schema import CreateIndex
 
     conn = await asyncpg.connect(dsn)
     try:
-        for index in INDEXES:
+        for index in table.indexes:
             await conn.execute(f"DROP INDEX IF EXISTS {index.name}")
-        await conn.execute("TRUNCATE log_events")
+        await conn.execute(f"TRUNCATE {table.name}")
         done = 0
-        for batch in chunks(n, 50_000):
-            await conn.copy_records_to_table("log_events", records=batch, columns=COLUMNS)
+        for batch in batches:
+            await conn.copy_records_to_table(table.name, records=batch, columns=columns)
             done += len(batch)
             print(f"  loaded {done}", file=sys.stderr, flush=True)
-        for index in INDEXES:
+        for index in table.indexes:
             started = time.perf_counter()
             await conn.execute(str(CreateIndex(index).compile(dialect=postgresql.dialect())))
             print(f"  index {index.name}: {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
-        await conn.execute("VACUUM ANALYZE log_events")
+        await conn.execute(f"VACUUM ANALYZE {table.name}")
     finally:
         await conn.close()
 

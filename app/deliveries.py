@@ -200,16 +200,8 @@ async def destination_health(conn: AsyncConnection, destination_id: int) -> dict
         .group_by(OutboxItem.status)
     )
     counts.update({row[0]: row[1] for row in rows})
-    oldest = await conn.scalar(
-        select(func.min(OutboxItem.created_at)).where(
-            OutboxItem.destination_id == destination_id, OutboxItem.status.in_(OPEN)
-        )
-    )
-    if isinstance(oldest, str):  # SQLite's MIN() loses the column type
-        oldest = datetime.fromisoformat(oldest)
-    if oldest is not None and oldest.tzinfo is None:
-        oldest = oldest.replace(tzinfo=UTC)
-    now = datetime.now(UTC)
+    oldest = await _oldest_open(conn, destination_id)
+    now = await db_now(conn)  # the clock rows are created by
     failing = state.consecutive_failures > 0
     return {
         "status": "failing" if failing else "ok",
@@ -223,6 +215,24 @@ async def destination_health(conn: AsyncConnection, destination_id: int) -> dict
         "oldest_pending_age_seconds": round((now - oldest).total_seconds(), 3) if oldest else None,
         "counts": counts,
     }
+
+
+async def _oldest_open(conn: AsyncConnection, destination_id: int) -> datetime | None:
+    """When the oldest row still to deliver was created. A pending row is due since it was created
+    (new_item, _fresh), so the oldest pending row is the first of the claims' index: one seek however
+    long the backlog. Failed rows, fewer (a failing destination is probed a batch at a time), are read."""
+    of = OutboxItem.destination_id == destination_id
+    pending = select(func.min(OutboxItem.next_attempt_at)).where(of, OutboxItem.status == "pending")
+    failed = select(func.min(OutboxItem.created_at)).where(of, OutboxItem.status == "failed")
+    found = (await conn.execute(select(pending.scalar_subquery(), failed.scalar_subquery()))).one()
+    times = [_aware(value) for value in found if value is not None]
+    return min(times, default=None)
+
+
+def _aware(value: datetime | str) -> datetime:
+    if isinstance(value, str):  # SQLite's MIN() loses the column type
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _fresh(now: datetime) -> dict[str, Any]:

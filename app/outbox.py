@@ -58,6 +58,7 @@ def enqueue(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
 
 
 def new_item(destination_id: int, log_id: str) -> dict[str, Any]:
+    """A row for `queue`, which makes it due when it is created (what a pending row's age is read by)."""
     return {"destination_id": destination_id, "log_id": log_id, "status": "pending", "attempts": 0}
 
 

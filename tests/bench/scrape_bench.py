@@ -66,9 +66,12 @@ CHUNK = 50_000
 # --- loading ---------------------------------------------------------------------------------------
 
 
-def outbox_rows(destinations: list[int], delivered: int, open_: int, dead: int) -> Iterator[Row]:
+def outbox_rows(
+    destinations: list[int], delivered: int, open_: int, dead: int, failed_share: float = 0.5
+) -> Iterator[Row]:
     """Delivered rows over the last HISTORY, destinations interleaved as ingest queues them; then
-    the open backlog of the last hour (half pending, half failed) and the dead letters."""
+    the open backlog of the last hour (failed_share of it failed, the rest pending) and the dead
+    letters."""
     now = datetime.now(UTC)
     start = now - HISTORY - timedelta(hours=1)
     ids = itertools.count()
@@ -77,7 +80,7 @@ def outbox_rows(destinations: list[int], delivered: int, open_: int, dead: int) 
         yield _row(destinations[i % len(destinations)], next(ids), "delivered", created, attempts=1, code=200)
     for i in range(open_):
         owner, created = destinations[i // 2 % len(destinations)], now - timedelta(hours=1) * (1 - i / open_)
-        if i % 2:
+        if int((i + 1) * failed_share) > int(i * failed_share):
             later = now + timedelta(minutes=5)
             yield _row(owner, next(ids), "failed", created, attempts=3, code=503, error="HTTP 503", due=later)
         else:
@@ -155,7 +158,7 @@ def load(settings: Settings, args: argparse.Namespace) -> None:
     wipe(settings)
     migrate.upgrade(settings)
     destinations = asyncio.run(add_destinations(settings, args.destinations))
-    rows = outbox_rows(destinations, args.delivered, args.open, args.dead)
+    rows = outbox_rows(destinations, args.delivered, args.open, args.dead, args.failed_share)
     started = time.perf_counter()
     table = OutboxItem.__table__
     if settings.is_sqlite:
@@ -179,7 +182,8 @@ def held(settings: Settings) -> dict[str, int]:
 
 
 def wanted(args: argparse.Namespace) -> dict[str, int]:
-    counts = {"delivered": args.delivered, "pending": (args.open + 1) // 2, "failed": args.open // 2}
+    failed = int(args.open * args.failed_share)
+    counts = {"delivered": args.delivered, "pending": args.open - failed, "failed": failed}
     counts["dead"] = args.dead
     return {status: n for status, n in counts.items() if n}
 
@@ -293,7 +297,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--delivered", type=int, default=100_000, help="delivered rows kept (N)")
-    parser.add_argument("--open", type=int, default=2_000, help="open rows, half pending, half failed")
+    parser.add_argument("--open", type=int, default=2_000, help="open rows, pending or failed")
+    parser.add_argument(
+        "--failed-share",
+        type=float,
+        default=0.5,
+        help="share of the open rows that failed (an outage leaves most pending: probes fail a batch each)",
+    )
     parser.add_argument("--dead", type=int, default=1_000, help="dead letters")
     parser.add_argument("--destinations", type=int, default=2)
     parser.add_argument("--database-url", default="sqlite:////tmp/logrelay-scrape-bench.db")

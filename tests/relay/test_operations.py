@@ -7,13 +7,14 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event, func, select, update
+from sqlalchemy import event, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import deliveries
 from app.delivery import deliver_destination_once, deliver_once, purge_delivered
 from app.destinations import DestinationSpec, sync_env_destinations
 from app.models import Destination, OutboxItem
+from app.outbox import new_item
 from tests.conftest import LiveServer, is_postgres
 from tests.factories import make_event
 from tests.relay.conftest import SLOW_BACKOFF, add_destination, deliver_all, ingest, statuses
@@ -140,6 +141,35 @@ async def test_replay_honours_api_endpoints(
     assert answer.json() == {"queued": 1}
     await deliver_all(relay.context)
     assert receiver.events() == [users]
+
+
+@pytest.mark.parametrize("oldest", ["pending", "failed"])
+async def test_health_dates_the_backlog_by_its_oldest_open_row(
+    oldest: str, relay: LiveServer, api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    destination = await add_destination(api, "http://127.0.0.1:9/hook")
+    now = datetime.now(UTC).replace(microsecond=0)
+
+    def row(status: str, age: float, due_in: float = 0) -> dict[str, Any]:
+        created = now - timedelta(hours=age)
+        due = {"created_at": created, "next_attempt_at": created + timedelta(hours=due_in)}
+        return new_item(destination["id"], f"{status}-{age}") | due | {"status": status}
+
+    older, newer = (3, 1) if oldest == "pending" else (1, 3)
+    rows = [
+        row("delivered", 9),  # gone from the backlog, as dead letters are
+        row("dead", 8),
+        row("pending", older),
+        row("pending", 0.5),
+        row("failed", newer, due_in=newer + 1),  # retried later than any row was created
+        row("failed", 0.25, due_in=1),
+    ]
+    async with engine.begin() as conn:
+        await conn.execute(insert(OutboxItem), rows)
+    health = (await api.get(f"/api/destinations/{destination['id']}")).json()["health"]
+    assert datetime.fromisoformat(health["oldest_pending_at"]) == now - timedelta(hours=3)
+    assert health["oldest_pending_age_seconds"] >= 3 * 3600
+    assert health["backlog"] == 4
 
 
 async def test_health_shows_backlog_and_failures(

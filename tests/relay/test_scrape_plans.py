@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.deliveries import destination_health
 from app.models import OutboxItem
-from app.outbox import new_item
+from app.outbox import new_item, queue
 from tests.conftest import LiveServer, is_postgres, statements_naming
 from tests.relay.conftest import add_destination
 
@@ -35,7 +35,7 @@ async def test_a_scrape_reads_no_delivered_rows(
     with statements_naming(engine, "outbox_items") as statements:
         async with engine.connect() as conn:
             await destination_health(conn, destination["id"])
-    assert len(statements) == 2  # the counts by status, the oldest open row
+    assert len(statements) == 2  # the counts by status; the oldest pending and failed rows
     async with engine.connect() as conn:
         for sql, parameters in statements:
             conditions = await index_conditions(conn, sql, parameters)
@@ -47,17 +47,14 @@ async def test_a_scrape_reads_no_delivered_rows(
 async def add_history(engine: AsyncEngine, destination_id: int) -> None:
     """HISTORY delivered rows and one pending, as a busy destination holds them (in proportion)."""
     now = datetime.now(UTC)
+    day_old = {"created_at": now - timedelta(days=1), "next_attempt_at": now - timedelta(days=1)}
     delivered = [
-        {
-            **new_item(destination_id, f"old{n}", now - timedelta(days=1)),
-            "status": "delivered",
-            "delivered_at": now,
-        }
+        {**new_item(destination_id, f"old{n}"), **day_old, "status": "delivered", "delivered_at": now}
         for n in range(HISTORY)
     ]
     async with engine.begin() as conn:
         await conn.execute(insert(OutboxItem), delivered)
-        await conn.execute(insert(OutboxItem), [new_item(destination_id, "new", now)])
+        await conn.execute(queue(conn.dialect.name), [new_item(destination_id, "new")])
         if is_postgres():
             await conn.execute(text("ANALYZE outbox_items"))
 

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import outbox
 from app.config import Settings
 from app.context import Context
+from app.db import db_now
 from app.delivery import deliver_once
 from app.models import OutboxItem
 from app.retry import Outcome, RetryPolicy
@@ -35,6 +36,15 @@ from tests.relay.receiver import Answer, Receiver
 async def rows(engine: AsyncEngine) -> list[OutboxItem]:
     async with engine.connect() as conn:
         return list(await conn.execute(select(OutboxItem).order_by(OutboxItem.id)))  # type: ignore[arg-type]
+
+
+async def expire_leases(engine: AsyncEngine) -> None:
+    """Every lease ends a second ago, as it would once its time had passed."""
+    async with engine.begin() as conn:
+        past = await db_now(conn) - timedelta(seconds=1)
+        await conn.execute(
+            update(OutboxItem).where(OutboxItem.lease_until.is_not(None)).values(lease_until=past)
+        )
 
 
 async def next_round(context: Context) -> int:
@@ -223,27 +233,19 @@ async def test_receiver_down_then_back_delivers_everything(
 
 
 async def test_a_killed_worker_rows_are_sent_after_the_lease_expires(
-    relay_settings: Callable[..., Settings],
-    start_server: Callable[..., Any],
-    receiver: Receiver,
-    engine: AsyncEngine,
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver, engine: AsyncEngine
 ) -> None:
-    # The lease must outlast 4 request timeouts (a round's longest); the receiver answers at once.
-    settings = relay_settings(delivery_lease=timedelta(seconds=1), delivery_timeout=0.24)
-    live = await start_server(settings)
-    async with httpx.AsyncClient(
-        base_url=live.base_url, headers={"Authorization": "admin-token-for-tests"}
-    ) as api:
-        destination = await add_destination(api, receiver.url)
-        await ingest(api, [make_event() for _ in range(3)])
+    settings = relay.context.settings  # a lease of 30 s: still running whatever the machine's speed
+    destination = await add_destination(api, receiver.url)
+    await ingest(api, [make_event() for _ in range(3)])
     # A worker claims the rows and dies before sending or recording anything.
     async with engine.begin() as conn:
         claim = await outbox.claim_due(conn, destination["id"], settings.delivery_lease, RetryPolicy())
     assert claim is not None
     assert len(claim.items) == 3
-    assert await deliver_once(live.context) == 0  # leased: nobody else sends them
-    await asyncio.sleep(1.05)
-    assert await deliver_once(live.context) == 3
+    assert await deliver_once(relay.context) == 0  # leased: nobody else sends them
+    await expire_leases(engine)  # the lease runs out (rather than waiting 30 s for it)
+    assert await deliver_once(relay.context) == 3
     assert len(receiver.events()) == 3
     assert {row.status for row in await rows(engine)} == {"delivered"}
     # Should the first worker wake up, it cannot settle rows that another worker has taken over.

@@ -30,7 +30,7 @@ import orjson
 import pytest
 
 from app.config import Settings
-from tests.conftest import PG_URL, sample, scrape
+from tests.conftest import PG_URL, Samples, sample, scrape
 from tests.factories import make_event, make_stream_body
 
 LOGRELAY = Path(sys.executable).with_name("logrelay")
@@ -493,6 +493,12 @@ def hook() -> Iterator[tuple[str, list[Any]]]:
             thread.join()
 
 
+def scrape_worker(worker: Served) -> Samples:
+    scraped = httpx.get(f"{worker.base_url}/metrics", headers={"Authorization": "Bearer read"})
+    assert scraped.status_code == 200, scraped.text
+    return scrape(scraped.text)
+
+
 def test_worker_with_a_port_serves_health_and_its_own_delivery_metrics(tmp_path: Path) -> None:
     """A separate `worker` process: its delivery counters are only in its own /metrics."""
     with hook() as (url, received):
@@ -518,9 +524,15 @@ def test_worker_with_a_port_serves_health_and_its_own_delivery_metrics(tmp_path:
                 ).status_code
                 == 404
             )
-            scraped = httpx.get(f"{worker.base_url}/metrics", headers={"Authorization": "Bearer read"})
-            assert scraped.status_code == 200, scraped.text
-            samples = scrape(scraped.text)
+            # The hook has the event before the worker has its answer, counts it and records it:
+            # scrape until the record (the last of these) shows.
+            deadline = time.monotonic() + START_DEADLINE
+            while True:
+                samples = scrape_worker(worker)
+                recorded = sample(samples, "logrelay_outbox_items", destination="1", status="delivered")
+                if recorded or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
             delivered = {"destination": "1", "verdict": "delivered"}
             assert sample(samples, "logrelay_delivery_events_total", **delivered) == 1
             assert sample(samples, "logrelay_outbox_items", destination="1", status="delivered") == 1

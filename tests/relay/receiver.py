@@ -26,7 +26,7 @@ class Answer:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b"ok"
-    stall: float = 0.0  # seconds to wait after the first bytes of the body before the rest
+    stall: asyncio.Event | None = None  # once set, the rest of the body follows its first byte
 
 
 class Receiver:
@@ -82,9 +82,9 @@ class Receiver:
         raw_headers = [(b"content-type", b"text/plain")]
         raw_headers += [(k.encode(), v.encode()) for k, v in answer.headers.items()]
         await send({"type": "http.response.start", "status": answer.status, "headers": raw_headers})
-        if answer.stall:
+        if answer.stall is not None:
             await send({"type": "http.response.body", "body": answer.body[:1], "more_body": True})
-            await asyncio.sleep(answer.stall)
+            await answer.stall.wait()
             await send({"type": "http.response.body", "body": answer.body[1:]})
             return
         await send({"type": "http.response.body", "body": answer.body})

@@ -62,8 +62,21 @@ async def test_ingest_is_counted_by_status_and_outcome(client: httpx.AsyncClient
 
 async def test_a_scrape_without_the_database_says_so(client: httpx.AsyncClient, live: LiveServer) -> None:
     """The counters are still served, with logrelay_database_up 0 and no state read from it."""
+    created = await client.post(
+        "/api/destinations",
+        json={"name": "siem", "url": "http://127.0.0.1:9/in"},
+        headers=bearer(ADMIN_TOKEN),
+    )
+    assert created.status_code == 201, created.text
+    await client.post("/api/logs", content=make_stream_body([make_event(type="f")]), headers=auth())
+    state = await read_metrics(client)  # with the database: the destination's state is shown
+    label = str(created.json()["id"])
+    assert sample(state, "logrelay_outbox_items", destination=label, status="pending") == 1
+    assert sample(state, "logrelay_destination_info", destination=label, name="siem") == 1
+
     async with database_gone(live):
         samples = await read_metrics(client)
     assert sample(samples, "logrelay_database_up") == 0
     assert ("logrelay_ingest_request_duration_seconds_count", frozenset()) in samples
-    assert not any(name.startswith("logrelay_outbox") for name, _ in samples)
+    shown = {name for name, _ in samples}
+    assert not {name for name in shown if name.startswith(("logrelay_outbox", "logrelay_destination"))}

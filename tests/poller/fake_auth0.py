@@ -64,6 +64,9 @@ class FakeAuth0:
     grant_refused: bool = False  # the application is not authorised for the Management API: 403
     rate_limit: int | None = None  # logs requests per window; None: unlimited (headers still sent)
     window: float = 1.0
+    # The tenant's clock, standing still (None: the real clock). A rate-limit window then starts at
+    # it and ends only when `window_passes()` is called: by the test's pause, not by the machine's pace.
+    clock: float | None = None
     force_429: set[int] = field(default_factory=set)  # logs request numbers (1-based) answered 429
     token_429: set[int] = field(default_factory=set)  # token request numbers (1-based) answered 429
     reset_in: float | None = None  # a 429's x-ratelimit-reset, seconds from now (< 0: already past)
@@ -79,6 +82,7 @@ class FakeAuth0:
     # What happened
     log_requests: list[dict[str, str]] = field(default_factory=list)
     token_requests: int = 0
+    limited: int = 0  # logs requests answered 429
     tokens: set[str] = field(default_factory=set)
     _window_start: float = 0.0
     _sorted: list[tuple[str, dict[str, Any]]] | None = None
@@ -91,6 +95,14 @@ class FakeAuth0:
 
     def revoke_tokens(self) -> None:
         self.tokens.clear()
+
+    def window_passes(self) -> None:
+        """The rate-limit window a poller waited out is over (a standing clock moves to the next)."""
+        if self.clock is not None:
+            self.clock += self.window
+
+    def _now(self) -> float:
+        return time.time() if self.clock is None else self.clock
 
     def app(self) -> Starlette:
         return Starlette(
@@ -136,6 +148,7 @@ class FakeAuth0:
             return JSONResponse({"statusCode": 401, "error": "Unauthorized", "message": "Invalid token"}, 401)
         headers = self._rate_headers()
         if number in self.force_429 or headers.pop("over", None):
+            self.limited += 1
             body = {"statusCode": 429, "message": "Too Many Requests"}
             return JSONResponse(body, 429, headers=self._limited_headers(headers))
         if number in self.drop or (self.drop_from is not None and number >= self.drop_from):
@@ -176,8 +189,7 @@ class FakeAuth0:
         return keyed
 
     def _rate_headers(self) -> dict[str, str]:
-        now = time.time()
-        start = math.floor(now / self.window) * self.window
+        start = math.floor(time.time() / self.window) * self.window if self.clock is None else self.clock
         if start != self._window_start:
             self._window_start, self._window_count = start, 0
         self._window_count += 1
@@ -194,7 +206,7 @@ class FakeAuth0:
     def _limited_headers(self, headers: dict[str, str]) -> dict[str, str]:
         """A 429's headers: `reset_in` and `retry_after` override the window's."""
         if self.reset_in is not None:
-            headers["x-ratelimit-reset"] = f"{time.time() + self.reset_in:.0f}"
+            headers["x-ratelimit-reset"] = f"{self._now() + self.reset_in:.0f}"
         if self.retry_after is not None:
             headers["retry-after"] = str(self.retry_after)
         return headers

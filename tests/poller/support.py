@@ -76,14 +76,17 @@ async def failing_write(engine: AsyncEngine, event: str, table: str, condition: 
 
 @dataclass
 class Pauses:
-    """A poller `wait` that records the seconds asked for and returns at once (nothing sleeps), and
-    sets the stop event after `stop_after` pauses."""
+    """A poller `wait` that records the seconds asked for and returns at once (nothing sleeps), calls
+    `then` (what the wait waited for happens), and sets the stop event after `stop_after` pauses."""
 
     seconds: list[float] = field(default_factory=list)
     stop_after: int | None = None
+    then: Callable[[], None] | None = None
 
     async def __call__(self, stop: asyncio.Event, seconds: float) -> None:
         self.seconds.append(seconds)
+        if self.then is not None:
+            self.then()
         if self.stop_after is not None and len(self.seconds) >= self.stop_after:
             stop.set()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,7 +16,7 @@ from app.models import LogEvent
 from app.poller import poll_once
 from tests.conftest import auth
 from tests.poller.fake_auth0 import FakeAuth0, make_logs
-from tests.poller.support import checkpoint, ids, stored_ids
+from tests.poller.support import Pauses, checkpoint, ids, stored_ids
 
 
 async def test_every_log_is_stored_once_across_runs_and_restarts(
@@ -125,13 +126,19 @@ async def test_rate_limit_headers_and_429_are_waited_out_not_failures(
     fake: FakeAuth0, poller_settings: Callable[..., Settings], context_for: Any, engine: AsyncEngine
 ) -> None:
     fake.add(make_logs(40))
-    fake.rate_limit = 2  # two calls per one-second window; the third would draw a 429
+    fake.rate_limit = 2  # two calls per window; the third would draw a 429
+    fake.clock = time.time()  # a window ends when the poller has waited for it, however slow the machine
     fake.force_429 = {3}
+    pauses = Pauses(then=fake.window_passes)
     async with context_for(poller_settings()) as context:
-        result = await poll_once(context)
+        result = await poll_once(context, wait=pauses)
     assert result.ok, result
     assert result.caught_up
-    assert result.rate_limit_waits >= 2
+    # The 2nd call's x-ratelimit-remaining 0 is waited out, so is the 3rd call's (forced) 429, then the
+    # 5th call's remaining 0 (the 7th and last needs no wait): no 429 is drawn but the forced one.
+    assert len(fake.log_requests) == 7
+    assert fake.limited == 1
+    assert result.rate_limit_waits == len(pauses.seconds) == 3
     assert result.stored == 40
     assert len(await stored_ids(engine)) == 40
 
@@ -143,6 +150,7 @@ async def test_rate_limit_beyond_the_budget_ends_the_pass_with_a_warning(
     fake.add(items)
     fake.rate_limit = 1
     fake.window = 3600.0  # the reset is an hour away, beyond POLL_MAX_RUN_SECONDS
+    fake.clock = time.time()  # from now, not from the top of the hour (which may be a second away)
     async with context_for(poller_settings(poll_max_run_seconds=5)) as context:
         result = await poll_once(context)
     assert result.ok

@@ -32,8 +32,9 @@ class Answer:
 class Receiver:
     """Records every request; answers from a script (FIFO), then with `default`.
 
-    `gather` holds each request until that many are open at once, so that a concurrency limit shows
-    in `max_in_flight`; `hold` (an unset Event) keeps every request open until it is set.
+    `gather` holds each request until that many are open at once (for at most `gather_within`
+    seconds, a bound on waiting for a sender that never opens that many), so that a concurrency limit
+    shows in `max_in_flight`; `hold` (an unset Event) keeps every request open until it is set.
     """
 
     def __init__(self) -> None:
@@ -43,7 +44,8 @@ class Receiver:
         self.in_flight = 0
         self.max_in_flight = 0
         self.hold: asyncio.Event | None = None
-        self.gather: int | None = None  # hold each request until this many are open (at most 1 s)
+        self.gather: int | None = None  # hold each request until this many are open
+        self.gather_within = 20.0
         self.arrived = asyncio.Condition()
         self._gate = asyncio.Event()
         self._server: uvicorn.Server | None = None
@@ -71,7 +73,7 @@ class Receiver:
                 if self.in_flight >= self.gather:
                     gate.set()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(gate.wait(), 1.0)
+                    await asyncio.wait_for(gate.wait(), self.gather_within)
             if self.hold is not None:
                 await self.hold.wait()
             answer = self.script.popleft() if self.script else self.default

@@ -24,12 +24,18 @@ from tests.factories import make_event
 from tests.relay.conftest import add_destination, deliver_all, ingest, statuses
 from tests.relay.receiver import Receiver
 
+# Requests wait for each other at the receiver: well within the delivery timeout however slowly
+# the three of a group arrive (they come in whole groups of three: 9 and 24 requests).
+PATIENT = {"delivery_timeout": 30.0, "delivery_lease": timedelta(minutes=5)}
 
+
+@pytest.mark.parametrize("relay", [PATIENT], indirect=True)
 @pytest.mark.parametrize(("batch", "per_call", "events"), [(True, 2, 18), (False, 1, 24)])
 async def test_concurrent_calls_are_used_and_never_exceeded(
     relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver, batch: bool, per_call: int, events: int
 ) -> None:
-    receiver.gather = 3  # each request waits until three are open (or for a second)
+    receiver.gather = 3  # each request waits until three are open (a sender that never opens three:
+    receiver.gather_within = 20.0  # 20 s per request, then max_in_flight says so)
     destination = await add_destination(
         api, receiver.url, send_as_batch=batch, batch_size=per_call, concurrent_calls=3
     )

@@ -4,6 +4,7 @@ Auth0 retries it), never the requests that shared its transaction; and a stop dr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.auth0.stream import to_event
 from app.committer import AsyncCommitter, Committer, SQLiteCommitter, _outcomes
 from app.config import Settings
-from app.db import make_sqlite_writer_engine
+from app.db import make_sqlite_writer_engine, sqlite_path
 from app.ingest import Batch, StoreResult, to_rows
 from tests.conftest import auth, is_postgres
 from tests.factories import make_event, make_stream_body
@@ -83,8 +84,24 @@ async def test_a_refused_batch_fails_alone(client: httpx.AsyncClient, engine: As
     assert response.json()["stored"] == 1
 
 
+@contextlib.asynccontextmanager
+async def write_lock(engine: AsyncEngine, settings: Settings) -> AsyncIterator[None]:
+    """Another connection holds the write lock on log_events for the block: inserts wait for it."""
+    if settings.is_sqlite:
+        path = sqlite_path(settings)
+        assert path is not None
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            yield
+            conn.execute("ROLLBACK")
+    else:
+        async with engine.begin() as conn:
+            await conn.execute(text("LOCK TABLE log_events IN SHARE ROW EXCLUSIVE MODE"))
+            yield
+
+
 async def test_stop_commits_and_answers_every_queued_batch(settings: Settings, engine: AsyncEngine) -> None:
-    """Stopping while a commit is on disk and more batches wait: every one is stored and answered."""
+    """Stopping while a commit is under way and more batches wait: every one is stored and answered."""
     committer: Committer
     if settings.is_sqlite:
         committer = SQLiteCommitter(make_sqlite_writer_engine(settings), max_rows=20)
@@ -93,11 +110,13 @@ async def test_stop_commits_and_answers_every_queued_batch(settings: Settings, e
     committer.start()
     now = datetime.now(UTC)
     batches = [to_rows([to_event(make_event()) for _ in range(10)], "stream", now)[0] for _ in range(12)]
-    stores = [asyncio.create_task(committer.store(Batch(rows, [], "stream", now))) for rows in batches]
-    # Once the first commit has answered, the writer is already in the next one: stop now.
-    await asyncio.wait(stores, return_when=asyncio.FIRST_COMPLETED)
-    assert not all(store.done() for store in stores)
-    await committer.stop()
+    async with write_lock(engine, settings):  # the writers' first commits wait on it, the rest queue
+        stores = [asyncio.create_task(committer.store(Batch(rows, [], "stream", now))) for rows in batches]
+        stopping = asyncio.create_task(committer.stop())  # asked after every batch is queued
+        await asyncio.sleep(0)  # one turn of the loop: the tasks above queue their batches, in order
+        assert not any(store.done() for store in stores)
+        assert not stopping.done()
+    await asyncio.wait_for(stopping, 30)
 
     results = await asyncio.wait_for(asyncio.gather(*stores), 10)
     assert [r.stored for r in results] == [10] * 12

@@ -233,10 +233,17 @@ async def test_fixing_a_destination_ends_its_backoff(
     destination = await add_destination(api, "http://127.0.0.1:9/refused", send_as_batch=False)
     await ingest(api, [make_event()])
     assert await deliver_once(relay.context) == 1
-    health = (await api.get(f"/api/destinations/{destination['id']}")).json()["health"]
-    assert (health["status"], health["counts"]["failed"]) == ("failing", 1)
     await ingest(api, [make_event()])
+    health = (await api.get(f"/api/destinations/{destination['id']}")).json()["health"]
+    assert (health["status"], health["counts"]["failed"], health["backlog"]) == ("failing", 1, 2)
     assert await deliver_once(relay.context) == 0  # backed off for ten minutes
+
+    renamed = await api.patch(f"/api/destinations/{destination['id']}", json={"name": "other"})
+    assert renamed.status_code == 200  # not a delivery setting: the backoff goes on
+    after = (await api.get(f"/api/destinations/{destination['id']}")).json()["health"]
+    kept = ("status", "consecutive_failures", "next_attempt_at", "counts")
+    assert {key: after[key] for key in kept} == {key: health[key] for key in kept}
+    assert await deliver_once(relay.context) == 0
 
     fixed = await api.patch(f"/api/destinations/{destination['id']}", json={"url": receiver.url})
     assert fixed.status_code == 200
@@ -245,9 +252,6 @@ async def test_fixing_a_destination_ends_its_backoff(
     await deliver_all(relay.context)  # at once: the failed row too
     assert await statuses(api, destination["id"]) == {"pending": 0, "failed": 0, "delivered": 2, "dead": 0}
     assert len(receiver.requests) == 2
-
-    renamed = await api.patch(f"/api/destinations/{destination['id']}", json={"name": "other"})
-    assert renamed.status_code == 200  # not a delivery setting: nothing else changes
 
 
 @pytest.mark.parametrize("relay", [SLOW_BACKOFF], indirect=True)

@@ -4,11 +4,12 @@ document describes each parameter with an example."""
 from __future__ import annotations
 
 import httpx
+import orjson
 import pytest
 
 from app.cursor import Position, encode_cursor
 from tests.conftest import ADMIN_TOKEN, INGEST_TOKEN, READ_TOKEN, bearer
-from tests.query.support import BASE, READ, seed, varied_events
+from tests.query.support import BASE, READ, expected_ids, seed, varied_events
 
 BAD: list[tuple[str, dict[str, object], int, str]] = [
     ("/api/events", {"category": "failures"}, 422, "category"),
@@ -93,9 +94,17 @@ async def test_the_ingest_token_is_forbidden_to_read(client: httpx.AsyncClient, 
 async def test_read_and_admin_tokens_read(client: httpx.AsyncClient, token: str) -> None:
     events = varied_events(2)
     await seed(client, events)
+    answers = {}
     for path in ("/api/events", "/api/events/export", f"/api/events/{events[0]['log_id']}", "/api/stats"):
-        response = await client.get(path, headers=bearer(token))
+        params = {"since": "2026-11-19T00:00:00Z"} if path == "/api/stats" else {}  # not just the last day
+        response = await client.get(path, headers=bearer(token), params=params)
         assert response.status_code == 200, (path, response.text)
+        answers[path] = response
+    assert [e["log_id"] for e in answers["/api/events"].json()["events"]] == expected_ids(events)
+    exported = [orjson.loads(line)["log_id"] for line in answers["/api/events/export"].text.splitlines()]
+    assert exported == expected_ids(events)
+    assert answers[f"/api/events/{events[0]['log_id']}"].json()["data"] == events[0]
+    assert answers["/api/stats"].json()["total"] == 2
 
 
 async def test_log_id_with_a_nul_is_not_found(client: httpx.AsyncClient) -> None:

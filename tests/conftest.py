@@ -160,6 +160,23 @@ async def client(live: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+async def status_line_without_the_body(base_url: str, path: str, headers: dict[str, str]) -> bytes:
+    """The status line answered to a POST whose head declares a 1 GiB body that never comes: only a
+    server that refuses it by its Content-Length answers (one that reads first would wait for ever)."""
+    url = httpx.URL(base_url)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        lines = [f"POST {path} HTTP/1.1", f"Host: {url.host}", f"Content-Length: {1024**3}"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        await writer.drain()
+        return await asyncio.wait_for(reader.readline(), timeout=30)  # a bound on waiting for a hang
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):  # the server may close first
+            await writer.wait_closed()
+
+
 def auth(token: str = INGEST_TOKEN) -> dict[str, str]:
     return {"Authorization": token}
 

@@ -3,8 +3,6 @@ is lost."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import gzip
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -15,7 +13,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
-from tests.conftest import INGEST_TOKEN, READ_TOKEN, auth, bearer, is_postgres
+from tests.conftest import INGEST_TOKEN, READ_TOKEN, auth, bearer, is_postgres, status_line_without_the_body
 from tests.factories import Format, envelope, make_event, make_stream_body
 from tests.receiver.support import count_events, get_event, quarantined, stored_ids
 
@@ -57,21 +55,8 @@ async def test_body_over_limit_with_content_length(small: httpx.AsyncClient, eng
 
 async def test_declared_length_over_limit_is_refused_before_the_body(small: httpx.AsyncClient) -> None:
     """With Content-Length over the limit the answer comes at once: the receiver waits for no body."""
-    url = httpx.URL(str(small.base_url))
-    reader, writer = await asyncio.open_connection(url.host, url.port)
-    try:
-        head = (
-            f"POST /api/logs HTTP/1.1\r\nHost: {url.host}\r\nAuthorization: {INGEST_TOKEN}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {1024**3}\r\n\r\n"
-        )
-        writer.write(head.encode())
-        await writer.drain()
-        # Nothing of the body is sent: a receiver that read it first would never answer.
-        status_line = await asyncio.wait_for(reader.readline(), timeout=30)
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):  # the server may close first
-            await writer.wait_closed()
+    headers = {"Authorization": INGEST_TOKEN, "Content-Type": "application/json"}
+    status_line = await status_line_without_the_body(str(small.base_url), "/api/logs", headers)
     assert status_line.split()[1] == b"413", status_line
 
 

@@ -9,7 +9,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, status_line_without_the_body
 from tests.relay.conftest import add_destination
 
 TOO_BIG = 2 * 1024 * 1024
@@ -35,6 +35,9 @@ async def test_an_anonymous_oversized_body_is_refused_before_it_is_read(relay: L
     for response in (declared, streamed):
         assert response.status_code == 413, response.text
         assert response.json()["error"] == "payload_too_large"
+    # Declared too large: refused at once, without waiting for (or reading) the body.
+    status_line = await status_line_without_the_body(relay.base_url, "/api/destinations", {})
+    assert status_line.split()[1] == b"413", status_line
 
 
 async def test_unknown_fields_are_refused_by_name(api: httpx.AsyncClient) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
@@ -9,8 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import func, select
 
 from app.config import Settings
+from app.context import Context
+from app.db import db_now
+from app.models import Destination, OutboxItem
 from app.observability import quiet_secret_loggers
 from tests.conftest import ADMIN_TOKEN, LiveServer, auth
 from tests.factories import make_stream_body
@@ -119,3 +124,19 @@ async def statuses(api: httpx.AsyncClient, destination_id: int) -> dict[str, int
         if page["next"] is None:
             return counts
         params["before"] = page["next"]
+
+
+async def next_round(context: Context) -> int:
+    """Once the (short) backoff has run out by the database's clock, one delivery round."""
+    from app.delivery import deliver_once
+
+    for _ in range(1000):  # a bound on waiting, not a timing assertion
+        async with context.engine.connect() as conn:
+            now = await db_now(conn)
+            open_rows = OutboxItem.status.in_(["pending", "failed"])
+            due = await conn.scalar(select(func.max(OutboxItem.next_attempt_at)).where(open_rows))
+            backoff = await conn.scalar(select(func.max(Destination.backoff_until)))
+        if all(moment is None or moment <= now for moment in (due, backoff)):
+            return await deliver_once(context)
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the backoff never ran out (rows due {due}, destination {backoff}, now {now})")

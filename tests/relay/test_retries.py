@@ -10,15 +10,14 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import outbox
 from app.config import Settings
-from app.context import Context
 from app.db import db_now
 from app.delivery import deliver_once
-from app.models import Destination, OutboxItem
+from app.models import OutboxItem
 from app.retry import Outcome, RetryPolicy
 from tests.conftest import LiveServer
 from tests.factories import make_event
@@ -27,6 +26,7 @@ from tests.relay.conftest import (
     add_destination,
     deliver_all,
     ingest,
+    next_round,
     statuses,
 )
 from tests.relay.receiver import Answer, Receiver
@@ -44,20 +44,6 @@ async def expire_leases(engine: AsyncEngine) -> None:
         await conn.execute(
             update(OutboxItem).where(OutboxItem.lease_until.is_not(None)).values(lease_until=past)
         )
-
-
-async def next_round(context: Context) -> int:
-    """Once the (short) backoff has run out by the database's clock, one delivery round."""
-    for _ in range(1000):  # a bound on waiting, not a timing assertion
-        async with context.engine.connect() as conn:
-            now = await db_now(conn)
-            open_rows = OutboxItem.status.in_(["pending", "failed"])
-            due = await conn.scalar(select(func.max(OutboxItem.next_attempt_at)).where(open_rows))
-            backoff = await conn.scalar(select(func.max(Destination.backoff_until)))
-        if all(moment is None or moment <= now for moment in (due, backoff)):
-            return await deliver_once(context)
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"the backoff never ran out (rows due {due}, destination {backoff}, now {now})")
 
 
 @pytest.mark.parametrize("code", [408, 409, 429, 500, 502, 503])

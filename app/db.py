@@ -77,6 +77,15 @@ async def db_now(conn: AsyncConnection) -> datetime:
     return now.astimezone(UTC)  # aware already (timestamptz); exact to the microsecond either way
 
 
+async def db_clock(conn: AsyncConnection) -> datetime:
+    """The database's clock at this moment, not at the start of the transaction (db_now): later than
+    the creation of every row a statement before it could read."""
+    if conn.dialect.name != "postgresql":
+        return datetime.now(UTC)
+    now: datetime = await conn.scalar(text("SELECT clock_timestamp()"))
+    return now.astimezone(UTC)
+
+
 def sqlite_path(settings: Settings) -> Path | None:
     """The SQLite database file (None on PostgreSQL)."""
     if not settings.is_sqlite:

@@ -13,7 +13,7 @@ from sqlalchemy import and_, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.auth0.catalog import CATEGORIES, LOG_TYPES
-from app.db import REPLAY_LOCK, db_now, take_turns
+from app.db import REPLAY_LOCK, db_clock, db_now, take_turns
 from app.errors import Conflict, NotFound, Unprocessable
 from app.filters import EventFilter
 from app.models import Destination, LogEvent, OutboxItem
@@ -201,7 +201,8 @@ async def destination_health(conn: AsyncConnection, destination_id: int) -> dict
     )
     counts.update({row[0]: row[1] for row in rows})
     oldest = await _oldest_open(conn, destination_id)
-    now = await db_now(conn)  # the clock rows are created by
+    # After the read: a row created by a transaction that began after this one is still older.
+    now = await db_clock(conn)
     failing = state.consecutive_failures > 0
     return {
         "status": "failing" if failing else "ok",

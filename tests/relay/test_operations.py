@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,7 +15,7 @@ from app import deliveries
 from app.delivery import deliver_destination_once, deliver_once, purge_delivered
 from app.destinations import DestinationSpec, sync_env_destinations
 from app.models import Destination, OutboxItem
-from app.outbox import new_item
+from app.outbox import new_item, queue
 from tests.conftest import LiveServer, is_postgres
 from tests.factories import make_event
 from tests.relay.conftest import SLOW_BACKOFF, add_destination, deliver_all, ingest, statuses
@@ -170,6 +171,23 @@ async def test_health_dates_the_backlog_by_its_oldest_open_row(
     assert datetime.fromisoformat(health["oldest_pending_at"]) == now - timedelta(hours=3)
     assert health["oldest_pending_age_seconds"] >= 3 * 3600
     assert health["backlog"] == 4
+
+
+async def test_a_row_created_while_the_health_is_read_is_not_younger_than_zero(
+    relay: LiveServer, api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """PostgreSQL's now() is when the reading transaction began: a row queued after that is still read."""
+    destination = await add_destination(api, "http://127.0.0.1:9/hook")
+    async with engine.connect() as reader:
+        await reader.execute(select(1))  # the scrape's transaction has begun
+        await asyncio.sleep(0.05)  # so that the row below is created measurably later
+        async with engine.begin() as writer:
+            await writer.execute(
+                queue(writer.dialect.name), [new_item(destination["id"], "queued-meanwhile")]
+            )
+        health = await deliveries.destination_health(reader, destination["id"])
+    assert health["backlog"] == 1
+    assert health["oldest_pending_age_seconds"] >= 0
 
 
 async def test_health_shows_backlog_and_failures(

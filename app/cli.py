@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import ssl
 import sys
 import tempfile
@@ -102,6 +103,18 @@ def check_tls(certfile: Path | None, keyfile: Path | None) -> None:
             fail(f"cannot use the TLS certificate {files} ({problem})", 2)
 
 
+def check_listen(host: str, port: int) -> None:
+    """Bind the address once here, as uvicorn will: a port that is taken (or needs privileges) is one
+    clear line before start-up, not a log line after the loops have started."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            fail(f"cannot listen on {host}:{port} ({exc.strerror or exc})", 2)
+
+
 @cli.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (env HOST; default 127.0.0.1)")] = None,
@@ -114,6 +127,7 @@ def serve(
     settings = load_settings(host=host, port=port)
     configure_logging(settings.service_log_level)
     check_tls(ssl_certfile, ssl_keyfile)
+    check_listen(settings.host, settings.port)
     prepare_database(settings)
     scheme = "https" if ssl_certfile else "http"
     typer.echo(f"logrelay {__version__} on {scheme}://{settings.host}:{settings.port}", err=True)
@@ -176,6 +190,8 @@ def worker(
     """Run the delivery and poller loops without the API."""
     settings = load_settings(host=host, worker_port=port)
     configure_logging(settings.service_log_level)
+    if settings.worker_port is not None:
+        check_listen(settings.host, settings.worker_port)
     prepare_database(settings)
     prepare_tokens(settings)
     if settings.worker_port is None:

@@ -185,6 +185,12 @@ class Settings(BaseSettings):
                 raise ValueError(f"use 0-4 or a level name: {', '.join(_LEVEL_NAMES)}")
         return None if value == "" else value
 
+    @field_validator("worker_port", mode="before")
+    @classmethod
+    def _worker_port(cls, value: object) -> object:
+        # WORKER_PORT= turns off a port an image or a .env file sets.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("start_from")
     @classmethod
     def _start_from(cls, value: str | None) -> str | None:

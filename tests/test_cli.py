@@ -232,6 +232,17 @@ def test_a_schema_newer_than_this_release_is_refused_with_what_to_do(tmp_path: P
         one_clean_line(run(command, tmp_path, env), 2, "revision 0099", "newer than this release")
 
 
+def test_a_port_that_is_taken_is_one_line_before_any_token_is_made(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for command in ("serve", "worker"):
+            result = run([command, "--host", "127.0.0.1", "--port", port], tmp_path, clean_env())
+            one_clean_line(result, 2, "cannot listen on", f"127.0.0.1:{port}")
+    assert not (tmp_path / "data").exists()
+
+
 def test_a_bad_tls_certificate_stops_serve_before_any_token_is_made(tmp_path: Path) -> None:
     key = tmp_path / "key.pem"
     key.write_text("not a key")

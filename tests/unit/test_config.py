@@ -144,6 +144,8 @@ def test_dotenv_file(tmp_path: Path) -> None:
         ("POLL_MAX_RUN_SECONDS", "P"),
         ("SIGNING_SECRET_GRACE", "P31D"),
         ("SIGNING_SECRET_GRACE", "-1"),
+        ("WORKER_PORT", "0"),
+        ("WORKER_PORT", "metrics"),
     ],
 )
 def test_bad_values_name_the_setting(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
@@ -153,6 +155,15 @@ def test_bad_values_name_the_setting(monkeypatch: pytest.MonkeyPatch, name: str,
     assert name.lower() in error_fields(info)
     if "SECRET" in name or "AUTHORIZATION" in name:  # the message names it, never shows it
         assert all(value.strip() not in str(e["msg"]) for e in info.value.errors())
+
+
+@pytest.mark.parametrize(("value", "port"), [("9100", 9100), ("", None), (" ", None)])
+def test_an_empty_worker_port_turns_the_port_off(
+    monkeypatch: pytest.MonkeyPatch, value: str, port: int | None
+) -> None:
+    """As an image that sets WORKER_PORT needs, for a worker that shares the network with serve."""
+    monkeypatch.setenv("WORKER_PORT", value)
+    assert make().worker_port == port
 
 
 def test_defaults() -> None:

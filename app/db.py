@@ -71,19 +71,20 @@ async def db_now(conn: AsyncConnection) -> datetime:
     than wait, so that instant is the claim's. SQLite: every process runs on the host that has the
     file, so the host clock is the database's and no query is needed.
     """
-    if conn.dialect.name != "postgresql":
-        return datetime.now(UTC)
-    now: datetime = await conn.scalar(text("SELECT now()"))
-    return now.astimezone(UTC)  # aware already (timestamptz); exact to the microsecond either way
+    return await _clock(conn, "now()")
 
 
 async def db_clock(conn: AsyncConnection) -> datetime:
     """The database's clock at this moment, not at the start of the transaction (db_now): later than
     the creation of every row a statement before it could read."""
+    return await _clock(conn, "clock_timestamp()")
+
+
+async def _clock(conn: AsyncConnection, function: str) -> datetime:
     if conn.dialect.name != "postgresql":
         return datetime.now(UTC)
-    now: datetime = await conn.scalar(text("SELECT clock_timestamp()"))
-    return now.astimezone(UTC)
+    now: datetime = await conn.scalar(text(f"SELECT {function}"))
+    return now.astimezone(UTC)  # aware already (timestamptz); exact to the microsecond either way
 
 
 def sqlite_path(settings: Settings) -> Path | None:

@@ -6,7 +6,7 @@ it takes the engine and commits a page at a time, so a long replay never holds t
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import and_, func, or_, select, tuple_, update
@@ -226,14 +226,7 @@ async def _oldest_open(conn: AsyncConnection, destination_id: int) -> datetime |
     pending = select(func.min(OutboxItem.next_attempt_at)).where(of, OutboxItem.status == "pending")
     failed = select(func.min(OutboxItem.created_at)).where(of, OutboxItem.status == "failed")
     found = (await conn.execute(select(pending.scalar_subquery(), failed.scalar_subquery()))).one()
-    times = [_aware(value) for value in found if value is not None]
-    return min(times, default=None)
-
-
-def _aware(value: datetime | str) -> datetime:
-    if isinstance(value, str):  # SQLite's MIN() loses the column type
-        value = datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return min((moment for moment in found if moment is not None), default=None)  # aware: UTCDateTime
 
 
 def _fresh(now: datetime) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.auth0.catalog import CATEGORIES, LOG_TYPES
-from app.payloads import check_authorization_setting, check_signing_secret_setting
+from app.payloads import check_authorization_setting, check_headers_setting, check_signing_secret_setting
 
 CommaList = Annotated[list[str], NoDecode]
 _LEVEL_NAMES = ("debug", "info", "warning", "error", "critical")  # LOG_LEVEL 0-4
@@ -120,6 +120,7 @@ class Settings(BaseSettings):
     forward_batch_size: int = Field(100, ge=1, le=1000)
     forward_concurrent_calls: int = Field(5, ge=1, le=100)
     forward_signing_secret: SecretStr | None = None
+    forward_headers: SecretStr | None = None  # a JSON object of extra headers (values may be keys)
     # A replaced signing secret signs beside the new one this long (Standard Webhooks' rotation).
     signing_secret_grace: Duration = Field(timedelta(days=1), ge=timedelta(0), le=timedelta(days=30))
     slack_incoming_webhook_url: AnyHttpUrl | None = None
@@ -222,6 +223,7 @@ class Settings(BaseSettings):
     )(split_commas)
     _signing_secret = field_validator("forward_signing_secret")(check_signing_secret_setting)
     _authorization = field_validator("forward_authorization", "authorization")(check_authorization_setting)
+    _headers = field_validator("forward_headers")(check_headers_setting)
 
     @field_validator("database_url")
     @classmethod

@@ -191,8 +191,10 @@ def _masked(text: str, target: Target) -> str:
     if url.userinfo:  # and the Basic credentials httpx makes of them
         secrets.append(base64.b64encode(url.userinfo).decode())
     # Values long enough to be tokens (masking short ones, "v=1", would garble the text): query
-    # values, a user name, and the path segments of a Slack webhook (its path is Slack's token).
+    # values, a user name, extra header values, and the path segments of a Slack webhook (its path
+    # is Slack's token).
     candidates = [value for _, value in url.params.multi_items()] + [url.username]
+    candidates += (target.headers or {}).values()
     if path_is_token(target.kind, url.host):
         candidates += [part for part in url.path.split("/") if part != "services"]
     secrets += [value for value in candidates if len(value) >= MIN_MASKED_CHARS]
@@ -203,9 +205,11 @@ def _masked(text: str, target: Target) -> str:
 
 
 def signed_headers(target: Target, body: bytes, msg_id: str) -> dict[str, str]:
-    """Content-Type, User-Agent, the Authorization value verbatim, and the Standard Webhooks headers."""
+    """The destination's extra headers, Content-Type, User-Agent, the Authorization value verbatim,
+    and the Standard Webhooks headers (extra headers cannot name any of these: check_headers)."""
     sent_at = datetime.now(UTC).replace(microsecond=0)
     headers = {
+        **(target.headers or {}),
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
         "webhook-id": msg_id,

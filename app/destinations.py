@@ -1,8 +1,9 @@
 """Destinations: the relay targets. Validation, the admin operations, and the ones the environment
 declares (FORWARD_*, SLACK_INCOMING_WEBHOOK_URL, and the old extensions' settings).
 
-`authorization` and the signing secrets are write-only: they are stored, sent, and never shown again;
-so are the credentials a URL may carry (user:password@, query values, a Slack webhook's path).
+`authorization`, the signing secrets and the values of extra `headers` are write-only: they are
+stored, sent, and never shown again (a header's name is shown); so are the credentials a URL may
+carry (user:password@, query values, a Slack webhook's path).
 A new signing secret does not cut the old one off: the old one goes on signing beside it for a grace
 period (SIGNING_SECRET_GRACE), so that receivers can take the new one without rejecting requests.
 Functions here take a connection and never commit; the caller owns the transaction.
@@ -28,7 +29,7 @@ from app.auth0.catalog import CATEGORIES, LOG_TYPES
 from app.db import ENV_DESTINATIONS_LOCK, take_turns
 from app.errors import Conflict, NotFound, Unprocessable
 from app.models import Destination, UTCDateTime, utcnow
-from app.payloads import check_header_value, check_signing_secret
+from app.payloads import check_header_value, check_headers, check_signing_secret, parse_headers
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -43,12 +44,29 @@ PAYLOADS = ("event", "mgmt_webhook", "raw")
 KINDS = ("http", "slack")
 # Fields that decide how requests are sent: changing one ends the destination's backoff.
 DELIVERY_FIELDS = frozenset(
-    {"url", "kind", "authorization", "signing_secret", "payload", "send_as_batch", "batch_size", "enabled"}
+    {
+        "url",
+        "kind",
+        "authorization",
+        "headers",
+        "signing_secret",
+        "payload",
+        "send_as_batch",
+        "batch_size",
+        "enabled",
+    }
 )
 
-SECRET_COLUMNS = ("authorization", "signing_secret", "previous_signing_secret")
+SECRET_COLUMNS = ("authorization", "signing_secret", "previous_signing_secret", "headers")
 # Columns an API answer may show: everything but the secrets.
 PUBLIC_COLUMNS = tuple(c for c in Destination.__table__.columns if c.name not in SECRET_COLUMNS)
+# What a destination's row is read with to be shown: the secrets only as flags and header names.
+_SHOWN = (
+    *PUBLIC_COLUMNS,
+    Destination.authorization.is_not(None).label("has_authorization"),
+    Destination.signing_secret.is_not(None).label("has_signing_secret"),
+    Destination.headers,
+)
 
 
 @dataclass
@@ -59,6 +77,7 @@ class DestinationSpec:
     url: str
     kind: str = "http"
     authorization: str | None = None
+    headers: dict[str, str] | None = None
     signing_secret: str | None = None
     types: list[str] = field(default_factory=list)
     categories: list[str] = field(default_factory=lambda: ["failure"])
@@ -74,6 +93,7 @@ class DestinationSpec:
         checks: dict[str, Callable[[Any], Any]] = {
             "url": check_url,
             "authorization": check_authorization,
+            "headers": check_headers,
             "signing_secret": lambda v: v if v is None else check_signing_secret(v),
         }
         for name, check in checks.items():
@@ -130,6 +150,7 @@ class DestinationPatch(BaseModel):
     url: str | None = None
     kind: Literal["http", "slack"] | None = None
     authorization: str | None = None
+    headers: dict[str, str] | None = None  # replaces every extra header; {} or null: none
     signing_secret: str | None = None
     types: list[str] | None = None
     categories: list[str] | None = None
@@ -153,6 +174,7 @@ class DestinationPatch(BaseModel):
 
     _url = field_validator("url")(lambda v: v if v is None else check_url(v))
     _authorization = field_validator("authorization")(check_authorization)
+    _headers = field_validator("headers")(check_headers)
     _secret = field_validator("signing_secret")(lambda v: v if v is None else check_signing_secret(v))
 
     @field_validator("types")
@@ -235,11 +257,13 @@ def env_destination_specs(settings: Settings) -> list[DestinationSpec]:
         types, categories = split_types(settings.forward_types)
         secret = settings.forward_signing_secret
         auth = settings.forward_authorization
+        headers = settings.forward_headers
         specs.append(
             DestinationSpec(
                 name="forward",
                 url=str(settings.forward_url),
                 authorization=auth.get_secret_value() if auth else None,
+                headers=parse_headers(headers.get_secret_value()) if headers else None,
                 signing_secret=secret.get_secret_value() if secret else None,
                 types=types,
                 categories=categories,
@@ -289,14 +313,12 @@ async def sync_env_destinations(
 
 
 async def list_destinations(conn: AsyncConnection) -> list[dict[str, Any]]:
-    rows = await conn.execute(select(*PUBLIC_COLUMNS, *_secret_flags()).order_by(Destination.id))
+    rows = await conn.execute(select(*_SHOWN).order_by(Destination.id))
     return [_shown(row._mapping) for row in rows]
 
 
 async def get_destination(conn: AsyncConnection, destination_id: int) -> dict[str, Any]:
-    row = (
-        await conn.execute(select(*PUBLIC_COLUMNS, *_secret_flags()).where(Destination.id == destination_id))
-    ).first()
+    row = (await conn.execute(select(*_SHOWN).where(Destination.id == destination_id))).first()
     if row is None:
         raise NotFound(f"no destination with id {destination_id}")
     return _shown(row._mapping)
@@ -372,9 +394,10 @@ async def delete_destination(conn: AsyncConnection, destination_id: int) -> None
 
 
 def _shown(row: Any) -> dict[str, Any]:
-    """A destination as the API shows it, its URL masked by `shown_url`."""
+    """A destination as the API shows it: its URL masked by `shown_url`, its extra headers by name."""
     destination = dict(row)
     destination["url"] = shown_url(destination["url"], destination["kind"])
+    destination["header_names"] = list(destination.pop("headers") or ())
     return destination
 
 
@@ -401,10 +424,3 @@ def shown_url(url: str, kind: str) -> str:
     if parts.fragment:
         shown += "#***"
     return shown
-
-
-def _secret_flags() -> list[Any]:
-    return [
-        Destination.authorization.is_not(None).label("has_authorization"),
-        Destination.signing_secret.is_not(None).label("has_signing_secret"),
-    ]

@@ -129,6 +129,7 @@ class Destination(Base):
     # A rotated-out secret still signs beside the new one until then, so receivers switch over safely.
     previous_signing_secret: Mapped[str | None] = mapped_column(Text)
     previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    headers: Mapped[dict[str, str] | None] = mapped_column(JSON)  # extra headers; values are secrets
     # Filter: an event matches when its type is in `types` or its category in `categories`
     # (both empty: every event), and, when `api_endpoints` is set, its request path is under one.
     types: Mapped[list[str]] = mapped_column(JSON, default=list)

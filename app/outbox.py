@@ -78,6 +78,7 @@ class Target:
     kind: str
     url: str
     authorization: str | None
+    headers: dict[str, str] | None  # extra headers, sent as they are
     signing_secret: str | None
     previous_signing_secret: str | None  # signs too, until previous_secret_expires_at
     previous_secret_expires_at: datetime | None

@@ -23,6 +23,18 @@ MIN_SECRET_CHARS = 16
 _PLAIN_ID = re.compile(r"[A-Za-z0-9._:|-]{1,255}")
 # Visible ASCII, single spaces inside allowed: what h11 sends without complaint and without surprise.
 _HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
+_VALUE_RULE = "must be visible ASCII characters (spaces only between them), without line breaks"
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")  # RFC 9110's token
+MAX_HEADERS = 20
+# Headers a destination's `headers` may not set: logrelay sends them itself (the signature covers
+# webhook-*), or they frame the request or the connection, which is the HTTP client's business.
+OWN_HEADERS = frozenset(
+    {"content-type", "user-agent", "webhook-id", "webhook-timestamp", "webhook-signature"}
+)
+FRAMING_HEADERS = frozenset(
+    {"host", "content-length", "content-encoding", "transfer-encoding", "connection", "keep-alive"}
+    | {"te", "trailer", "upgrade", "expect", "proxy-connection"}
+)
 
 
 def render_event(payload: str, log_id: str, data: dict[str, Any]) -> Any:
@@ -99,11 +111,46 @@ def is_header_value(value: str) -> bool:
 def check_header_value(value: str) -> str:
     """A value sent verbatim as a header (Authorization), or ValueError (never quoting it)."""
     if not is_header_value(value):
-        raise ValueError("must be visible ASCII characters (spaces only between them), without line breaks")
+        raise ValueError(_VALUE_RULE)
     return value
 
 
-def secret_setting(check: Callable[[str], str]) -> Callable[[SecretStr | None], SecretStr | None]:
+def check_headers(headers: dict[str, str] | None) -> dict[str, str] | None:
+    """Extra headers sent verbatim with every request (an API key the receiver wants, say), or
+    ValueError naming the header at fault, never quoting a value. An empty mapping means none."""
+    if not headers:
+        return None
+    if len(headers) > MAX_HEADERS:
+        raise ValueError(f"at most {MAX_HEADERS} headers")
+    seen: set[str] = set()
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"{name[:100]!r} is not a header name (letters, digits and !#$%&'*+.^_`|~-)")
+        key = name.lower()
+        if key == "authorization":
+            raise ValueError("Authorization is set by the destination's own authorization field")
+        if key in OWN_HEADERS or key in FRAMING_HEADERS:
+            raise ValueError(f"{name} is set by logrelay or the HTTP client, not by a destination")
+        if key in seen:
+            raise ValueError(f"{name} is given twice (header names ignore case)")
+        seen.add(key)
+        if not isinstance(value, str) or not is_header_value(value):
+            raise ValueError(f"the value of {name} {_VALUE_RULE}")
+    return headers
+
+
+def parse_headers(text: str) -> dict[str, str] | None:
+    """FORWARD_HEADERS: a JSON object of header names and values, checked as `check_headers` does."""
+    try:
+        headers = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        headers = None
+    if not isinstance(headers, dict):
+        raise ValueError('must be a JSON object of header names and values, such as {"X-Api-Key": "..."}')
+    return check_headers(headers)
+
+
+def secret_setting(check: Callable[[str], object]) -> Callable[[SecretStr | None], SecretStr | None]:
     """A settings validator from a check of the secret's value: ValueError names the setting, and an
     empty value means unset."""
 
@@ -117,3 +164,4 @@ def secret_setting(check: Callable[[str], str]) -> Callable[[SecretStr | None], 
 
 check_signing_secret_setting = secret_setting(check_signing_secret)  # FORWARD_SIGNING_SECRET
 check_authorization_setting = secret_setting(check_header_value)  # FORWARD_AUTHORIZATION, AUTHORIZATION
+check_headers_setting = secret_setting(parse_headers)  # FORWARD_HEADERS

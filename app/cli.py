@@ -244,6 +244,21 @@ def poll(once: Annotated[bool, typer.Option("--once", help="Run one pass and exi
 
 
 @cli.command()
+def backup(path: Annotated[Path, typer.Argument(help="The new file to write the copy to")]) -> None:
+    """Copy the SQLite database to PATH, consistently, while logrelay runs (PostgreSQL: pg_dump)."""
+    settings = load_settings()
+    from app.backup import BackupError, backup_sqlite
+
+    try:
+        size = backup_sqlite(settings.database_url, path)
+    except BackupError as exc:
+        fail(str(exc), 2)
+    except OSError as exc:
+        fail(f"cannot write {exc.filename or path}: {exc.strerror or exc}", 2)
+    typer.echo(f"logrelay: backed up to {path} ({size:,} bytes, checked)")
+
+
+@cli.command()
 def version() -> None:
     """Print the version."""
     typer.echo(__version__)

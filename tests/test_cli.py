@@ -199,6 +199,45 @@ def test_every_duration_setting_takes_iso_8601(tmp_path: Path) -> None:
     one_clean_line(run(["migrate"], tmp_path, env | {"DELIVERY_TIMEOUT": "soon"}), 2, "DELIVERY_TIMEOUT")
 
 
+def test_backup_while_serving_is_a_whole_checked_copy_that_serves(tmp_path: Path) -> None:
+    env = clean_env(LOG_STREAM_TOKEN="backup-token", API_TOKEN="read")
+    events = [make_event() for _ in range(50)]
+    copy = tmp_path / "copy.db"
+    with serve(tmp_path, env) as served:
+        posted = httpx.post(
+            f"{served.base_url}/api/logs",
+            content=make_stream_body(events, "jsonl"),
+            headers={"Authorization": "backup-token"},
+        )
+        assert posted.json()["stored"] == 50
+        result = run(["backup", str(copy)], tmp_path, env)  # the service goes on writing meanwhile
+        assert result.returncode == 0, result.stderr
+        assert f"backed up to {copy}" in result.stdout
+        one_clean_line(run(["backup", str(copy)], tmp_path, env), 2, str(copy), "exists")
+    assert sqlite_count(copy) == 50
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o600  # it holds the destinations' credentials
+    assert sorted(path.name for path in tmp_path.iterdir() if "copy" in path.name) == ["copy.db"]
+
+    restored = clean_env(DATABASE_URL=f"sqlite:///{copy}", LOG_STREAM_TOKEN="t", API_TOKEN="read")
+    with serve(tmp_path, restored) as served:
+        found = httpx.get(
+            f"{served.base_url}/api/events/{events[0]['log_id']}", headers={"Authorization": "Bearer read"}
+        )
+        assert found.status_code == 200, found.text
+
+
+def test_backup_names_what_it_cannot_copy(tmp_path: Path) -> None:
+    postgres = clean_env(DATABASE_URL="postgresql://postgres:hunter2-secret@127.0.0.1:5432/db")
+    result = run(["backup", "copy.db"], tmp_path, postgres)
+    one_clean_line(result, 2, "pg_dump")
+    assert "hunter2-secret" not in result.stderr
+    missing = clean_env(DATABASE_URL=f"sqlite:///{tmp_path / 'none.db'}")
+    one_clean_line(run(["backup", "copy.db"], tmp_path, missing), 2, "no SQLite database", "none.db")
+    assert run(["migrate"], tmp_path, clean_env()).returncode == 0
+    one_clean_line(run(["backup", "no/such/dir/copy.db"], tmp_path, clean_env()), 2, "not a directory")
+    assert not (tmp_path / "none.db").exists()
+
+
 def one_clean_line(result: subprocess.CompletedProcess[str], code: int, *named: str) -> None:
     """The command failed with `code` and said why in one line naming each of `named`, no traceback."""
     assert result.returncode == code, result.stderr

@@ -1,9 +1,9 @@
 """Housekeeping: dropping what is kept no longer, every PURGE_EVERY seconds in every worker process
-(`serve` with its workers, and `worker`): delivered outbox rows past DELIVERY_KEEP_DELIVERED and signing
-secrets past their grace.
+(`serve` unless RUN_WORKERS=false, and `worker`): delivered outbox rows past DELIVERY_KEEP_DELIVERED, signing
+secrets past their grace, and events and quarantined lines past EVENT_RETENTION.
 
-A loop of its own, beside the delivery loop, so that a long purge holds up no delivery (and no new
-destination's loop).
+A loop of its own, beside the delivery loop: the first purge after EVENT_RETENTION is set on a large
+store runs for minutes, and deliveries (and new destinations) need not wait for it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
-from app import outbox
+from app import outbox, retention
 from app.context import Context
 from app.destinations import forget_expired_secrets
 from app.stopping import wait_or_stop
@@ -37,6 +37,7 @@ async def housekeep_once(context: Context, stop: asyncio.Event | None = None) ->
     await purge_delivered(context)
     async with context.engine.begin() as conn:
         await forget_expired_secrets(conn, now)
+    await retention.purge_expired(context, now, stop)
 
 
 async def purge_delivered(context: Context) -> int:

@@ -27,6 +27,7 @@ CommaList = Annotated[list[str], NoDecode]
 _LEVEL_NAMES = ("debug", "info", "warning", "error", "critical")  # LOG_LEVEL 0-4
 _LEVEL_ALIASES = {"warn": "warning", "fatal": "critical"}
 CommaSecrets = Annotated[list[SecretStr], NoDecode]
+MIN_EVENT_RETENTION = timedelta(days=1)
 
 
 def _seconds(value: object) -> object:
@@ -134,6 +135,10 @@ class Settings(BaseSettings):
     delivery_backoff_max: Seconds = Field(3600.0, gt=0)
     delivery_keep_delivered: Duration = timedelta(days=7)  # delivered outbox rows are purged after this
 
+    # --- storage ---------------------------------------------------------------------------------
+    # Events dated, and quarantined lines received, longer ago than this are purged; None: kept for ever.
+    event_retention: Duration | None = None
+
     # --- poller (Auth0 Management API), with the old extensions' setting names --------------------
     auth0_domain: str | None = None
     auth0_client_id: str | None = None
@@ -186,11 +191,21 @@ class Settings(BaseSettings):
                 raise ValueError(f"use 0-4 or a level name: {', '.join(_LEVEL_NAMES)}")
         return None if value == "" else value
 
-    @field_validator("worker_port", mode="before")
+    @field_validator("worker_port", "event_retention", mode="before")
     @classmethod
-    def _worker_port(cls, value: object) -> object:
-        # WORKER_PORT= turns off a port an image or a .env file sets.
+    def _empty_is_unset(cls, value: object) -> object:
+        # WORKER_PORT= turns off a port an image or a .env file sets; EVENT_RETENTION= keeps for ever.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("event_retention")
+    @classmethod
+    def _event_retention(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value < MIN_EVENT_RETENTION:
+            raise ValueError(
+                "must be at least 1 day (P1D), or empty to keep events for ever: Auth0 redelivers and "
+                "the poller re-reads recent logs, and an event purged sooner would come back as new"
+            )
+        return value
 
     @field_validator("start_from")
     @classmethod

@@ -52,6 +52,7 @@ _ENGINE_OPTIONS: dict[str, Any] = {
 ENV_DESTINATIONS_LOCK = 0x6C720001
 REPLAY_LOCK = 0x6C720002
 MIGRATE_LOCK = 0x6C720003
+RETENTION_LOCK = 0x6C720004
 
 
 async def take_turns(conn: AsyncConnection, key: int, sub: int = 0) -> None:

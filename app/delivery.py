@@ -25,7 +25,7 @@ from standardwebhooks import Webhook
 
 from app import metrics, outbox
 from app.context import USER_AGENT, Context
-from app.destinations import forget_expired_secrets, path_is_token
+from app.destinations import path_is_token
 from app.models import Destination, LogEvent
 from app.outbox import Claim, ClaimedItem, Target
 from app.payloads import is_header_value, message_id, render_body, signing_key
@@ -35,8 +35,6 @@ from app.stopping import wait_or_stop
 log = logging.getLogger(__name__)
 
 ERROR_BODY_BYTES = 2048  # read this much of a failed answer for `last_error`
-PURGE_EVERY = 600.0  # seconds between purges of old delivered rows
-PURGE_CHUNK = 5000
 MIN_MASKED_CHARS = 6
 STOP_GRACE = 2.0  # seconds beyond the delivery timeout a stopping worker gives its rounds
 
@@ -229,23 +227,17 @@ def signed_headers(target: Target, body: bytes, msg_id: str) -> dict[str, str]:
 
 
 async def run_delivery_loop(context: Context, stop: asyncio.Event) -> None:
-    """Keep one delivery loop per enabled destination until `stop` is set; purge old deliveries."""
+    """Keep one delivery loop per enabled destination until `stop` is set."""
     loops: dict[int, asyncio.Task[None]] = {}
     enabled: set[int] = set()
-    next_purge = 0.0
     try:
         while not stop.is_set():
             try:
                 ids = await enabled_destination_ids(context)
                 enabled.clear()  # mutated in place: the destination loops watch this set
                 enabled.update(ids)
-                if time.monotonic() >= next_purge:
-                    await purge_delivered(context)
-                    async with context.engine.begin() as conn:
-                        await forget_expired_secrets(conn, _now())
-                    next_purge = time.monotonic() + PURGE_EVERY
             except Exception:
-                log.exception("could not list destinations or purge old deliveries")
+                log.exception("could not list destinations")
             for destination_id in enabled:
                 task = loops.get(destination_id)
                 if task is None or task.done():
@@ -278,18 +270,6 @@ async def _destination_loop(
             settled = 0
         if not settled:
             await wait_or_stop(stop, interval)
-
-
-async def purge_delivered(context: Context) -> int:
-    """Drop rows delivered longer ago than DELIVERY_KEEP_DELIVERED, a chunk per short transaction."""
-    before = _now() - context.settings.delivery_keep_delivered
-    total = 0
-    while True:
-        async with context.engine.begin() as conn:
-            purged = await outbox.purge_delivered(conn, before, PURGE_CHUNK)
-        total += purged
-        if purged < PURGE_CHUNK:
-            return total
 
 
 async def enabled_destination_ids(context: Context) -> list[int]:
@@ -334,6 +314,6 @@ def _log_round(claim: Claim, results: Sequence[Result]) -> None:
 
 
 def _now() -> datetime:
-    """This host's clock, for what other workers never compare: a Retry-After date, purging, a secret's
-    grace. Leases and due times are the database's clock (outbox, db_now)."""
+    """This host's clock, for what other workers never compare: a Retry-After date. Leases and due
+    times are the database's clock (outbox, db_now)."""
     return datetime.now(UTC)

@@ -1,9 +1,9 @@
 """Prometheus metrics for GET /metrics.
 
 Two kinds. Counters and histograms are kept by the process that does the work: ingest, and the
-deliveries and poll passes of the workers `serve` runs. Under `serve --workers N` they are summed over
-the N processes through prometheus-client's multiprocess mode (`PROMETHEUS_MULTIPROC_DIR`, which
-`serve` sets). The state that alerts should watch, the outbox backlog and its age, each destination's
+deliveries, poll passes and purges of the workers `serve` runs. Under `serve --workers N` they are
+summed over the N processes through prometheus-client's multiprocess mode (`PROMETHEUS_MULTIPROC_DIR`,
+which `serve` sets). The state that alerts should watch, the outbox backlog and its age, each destination's
 failures and the poller's lag, is read from the database at scrape time instead: it is the same on
 every replica and includes the work of separate `worker` and `poll` processes.
 """
@@ -74,6 +74,10 @@ DELIVERY_SECONDS = Histogram(
     "One request to a destination, from sending to its answer or failure.",
     ["destination"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+PURGED_EVENTS = Counter("logrelay_purged_events", "Events deleted past EVENT_RETENTION.")
+PURGED_QUARANTINED_LINES = Counter(
+    "logrelay_purged_quarantined_lines", "Quarantined lines deleted past EVENT_RETENTION."
 )
 
 

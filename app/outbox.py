@@ -25,6 +25,7 @@ from app.retry import Outcome, RetryPolicy, verdict_of
 
 # Rows that still want a delivery; "failed" = tried and due again at next_attempt_at.
 OPEN = ("pending", "failed")
+SETTLED = ("delivered", "dead")  # the other statuses: nothing more to send
 # Single mode claims a few rounds of calls at once, so that one claim feeds every concurrent slot.
 SINGLE_ROUNDS = 4
 MAX_CLAIM = 5000  # rows one claim may lease, whatever batch size x concurrent calls asks for

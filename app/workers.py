@@ -1,4 +1,4 @@
-"""The background loops beside the API: delivery (relay) and the Auth0 poller.
+"""The background loops beside the API: delivery (relay), housekeeping and the Auth0 poller.
 
 `serve` runs them in-process by default; `worker` runs them alone. Each loop has the same shape:
 do one unit of work; if there was none, wait for the interval or the stop signal, whichever comes first.
@@ -13,6 +13,7 @@ from typing import Any
 
 from app.context import Context
 from app.delivery import run_delivery_loop
+from app.housekeeping import run_housekeeping_loop
 from app.poller import run_poller_loop
 
 Loop = Callable[[Context, asyncio.Event], Coroutine[Any, Any, None]]
@@ -20,7 +21,7 @@ Loop = Callable[[Context, asyncio.Event], Coroutine[Any, Any, None]]
 
 def background_loops(context: Context) -> list[Loop]:
     """The loops this configuration needs."""
-    loops: list[Loop] = [run_delivery_loop]
+    loops: list[Loop] = [run_delivery_loop, run_housekeeping_loop]
     if context.settings.auth0_domain:
         loops.append(run_poller_loop)
     return loops

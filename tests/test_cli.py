@@ -238,6 +238,13 @@ def test_backup_names_what_it_cannot_copy(tmp_path: Path) -> None:
     assert not (tmp_path / "none.db").exists()
 
 
+def test_event_retention_is_checked_at_start(tmp_path: Path) -> None:
+    assert run(["migrate"], tmp_path, clean_env(EVENT_RETENTION="P30D")).returncode == 0
+    short = run(["serve"], tmp_path, clean_env(EVENT_RETENTION="PT1H"))
+    one_clean_line(short, 2, "invalid setting EVENT_RETENTION", "at least 1 day")
+    one_clean_line(run(["worker"], tmp_path, clean_env(EVENT_RETENTION="soon")), 2, "EVENT_RETENTION")
+
+
 def one_clean_line(result: subprocess.CompletedProcess[str], code: int, *named: str) -> None:
     """The command failed with `code` and said why in one line naming each of `named`, no traceback."""
     assert result.returncode == code, result.stderr

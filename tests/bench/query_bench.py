@@ -231,6 +231,14 @@ async def load_postgres_table(
         await conn.close()
 
 
+def load_table(settings: Settings, table: Table, columns: list[str], batches: Iterable[list[Row]]) -> None:
+    """load_sqlite_table or load_postgres_table, whichever the database is."""
+    if settings.is_sqlite:
+        load_sqlite_table(sqlite_path(settings), table, columns, batches)
+    else:
+        asyncio.run(load_postgres_table(pg_dsn(settings), table, columns, batches))
+
+
 def count_events(settings: Settings) -> int:
     if settings.is_sqlite:
         with sqlite3.connect(sqlite_path(settings)) as db:

@@ -48,8 +48,7 @@ from tests.bench.query_bench import (  # noqa: E402
     Row,
     _pg_fetch,
     free_port,
-    load_postgres_table,
-    load_sqlite_table,
+    load_table,
     percentile,
     pg_dsn,
     sqlite_path,
@@ -161,10 +160,7 @@ def load(settings: Settings, args: argparse.Namespace) -> None:
     rows = outbox_rows(destinations, args.delivered, args.open, args.dead, args.failed_share)
     started = time.perf_counter()
     table = OutboxItem.__table__
-    if settings.is_sqlite:
-        load_sqlite_table(sqlite_path(settings), table, COLUMNS, batched(rows))
-    else:
-        asyncio.run(load_postgres_table(pg_dsn(settings), table, COLUMNS, batched(rows)))
+    load_table(settings, table, COLUMNS, batched(rows))
     print(f"loaded in {time.perf_counter() - started:.0f}s", file=sys.stderr)
 
 
@@ -280,14 +276,20 @@ def explain_sqlite(path: str, queries: list[tuple[str, Any]]) -> None:
 
 
 async def explain_postgres(dsn: str, queries: list[tuple[str, Any]]) -> None:
+    """EXPLAIN ANALYZE each statement in a transaction rolled back: a DELETE's plan deletes nothing."""
     import asyncpg
 
     conn = await asyncpg.connect(dsn)
     try:
         for sql, parameters in queries:
             print("--- " + " ".join(sql.split()))
-            for row in await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql, *parameters):
-                print(f"    {row[0]}")
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                for row in await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql, *parameters):
+                    print(f"    {row[0]}")
+            finally:
+                await transaction.rollback()
     finally:
         await conn.close()
 

@@ -12,8 +12,9 @@ from sqlalchemy import event, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import deliveries
-from app.delivery import deliver_destination_once, deliver_once, purge_delivered
+from app.delivery import deliver_destination_once, deliver_once
 from app.destinations import DestinationSpec, sync_env_destinations
+from app.housekeeping import purge_delivered
 from app.models import Destination, OutboxItem
 from app.outbox import new_item, queue
 from tests.conftest import LiveServer, is_postgres

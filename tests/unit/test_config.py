@@ -218,6 +218,30 @@ def test_level_names_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (settings.service_log_level, settings.log_level) == ("info", 2)
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None),
+        ("", None),
+        (" ", None),
+        ("P1D", timedelta(days=1)),
+        ("86400", timedelta(days=1)),
+        ("P30D", timedelta(days=30)),
+    ],
+)
+def test_event_retention_is_unset_or_a_duration(value: str | None, expected: timedelta | None) -> None:
+    assert make(event_retention=value).event_retention == expected
+
+
+@pytest.mark.parametrize("value", ["PT23H59M59S", "86399", "0", "-1", "PT0S", "soon"])
+def test_an_event_retention_under_a_day_or_not_a_duration_is_refused(value: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        make(event_retention=value)
+    assert error_fields(info) == {"event_retention"}
+    if value != "soon":
+        assert "must be at least 1 day (P1D)" in str(info.value)
+
+
 def test_a_lease_shorter_than_a_round_is_refused() -> None:
     # A single-mode round may send 4 requests one after another on a slot, each up to the timeout.
     with pytest.raises(ValidationError, match="DELIVERY_LEASE must be longer than 4 times DELIVERY_TIMEOUT"):

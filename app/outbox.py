@@ -16,8 +16,11 @@ import orjson
 from sqlalchemy import (
     ColumnElement,
     Insert,
+    Integer,
+    ScalarSelect,
     Select,
     and_,
+    bindparam,
     case,
     delete,
     exists,
@@ -29,10 +32,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from app.db import db_now
 from app.filters import EventFilter
-from app.models import Destination, OutboxItem
+from app.models import Destination, OutboxItem, UTCDateTime
 from app.payloads import message_id
 from app.retry import Outcome, RetryPolicy, verdict_of
 
@@ -183,16 +187,8 @@ async def claim_due(
 async def _claimable(conn: AsyncConnection, destination_id: int, now: datetime) -> tuple[Target, int] | None:
     """The destination and its free calls, if it is enabled, not backed off, and has due rows and a
     free call. On PostgreSQL its row is locked for the claim, unless another claim holds it."""
-    wanted = select(*_TARGET_COLUMNS, _calls_in_flight(destination_id, now).scalar_subquery()).where(
-        Destination.id == destination_id,
-        Destination.enabled.is_(True),
-        or_(Destination.backoff_until.is_(None), Destination.backoff_until <= now),
-        exists().where(_is_due(destination_id, now)),  # an idle poll stays a read: no write lock, no UPDATE
-    )
-    if conn.dialect.name == "postgresql":
-        # NO KEY UPDATE: ingest's foreign-key checks (KEY SHARE) on this row are never blocked.
-        wanted = wanted.with_for_update(skip_locked=True, key_share=True)
-    row = (await conn.execute(wanted)).first()
+    query = _CLAIMABLE[conn.dialect.name == "postgresql"]
+    row = (await conn.execute(query, {"destination": destination_id, "now": now})).first()
     if row is None:
         return None
     target = Target(*row[:-1])
@@ -205,37 +201,10 @@ async def _lease(
 ) -> list[ClaimedItem]:
     """Lease up to `limit` due rows, oldest first (PostgreSQL: skipping rows another claim holds), for
     `calls` calls, recorded on the first of them; none if the calls in flight now leave no room."""
-    due = select(OutboxItem.id).where(_is_due(target.id, now)).order_by(OutboxItem.id).limit(limit)
-    if conn.dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
-    picked = due.subquery()
-    first = func.row_number().over(order_by=picked.c.id) == 1
-    ranked = select(picked.c.id, first.label("first")).subquery()
-    room = _calls_in_flight(target.id, now).scalar_subquery() + calls <= target.concurrent_calls
-    result = await conn.execute(
-        update(OutboxItem)
-        .where(OutboxItem.id == ranked.c.id, room)
-        .values(
-            lease_until=lease_until,
-            lease_calls=case((ranked.c.first, calls), else_=None),
-            attempts=OutboxItem.attempts + 1,
-            last_attempt_at=now,
-        )
-        .returning(
-            OutboxItem.id, OutboxItem.log_id, OutboxItem.attempts, OutboxItem.created_at, OutboxItem.batch_id
-        )
-    )
+    values = {"destination": target.id, "now": now, "until": lease_until, "limit": limit}
+    values |= {"calls": calls, "concurrent_calls": target.concurrent_calls}
+    result = await conn.execute(_LEASE[conn.dialect.name == "postgresql"], values)
     return sorted((ClaimedItem(*r) for r in result), key=lambda item: item.id)
-
-
-def _calls_in_flight(destination_id: int, now: datetime) -> Select[int | None]:
-    """The calls that the destination's live leases may have open, by whatever worker: each claim's
-    own count, on its first row. A lease that its worker left behind (it died) counts until it ends."""
-    return select(func.coalesce(func.sum(OutboxItem.lease_calls), 0)).where(
-        OutboxItem.destination_id == destination_id,
-        OutboxItem.lease_calls.is_not(None),  # the index of claims: one entry per claim, not per row
-        OutboxItem.lease_until > now,
-    )
 
 
 async def _drop_expired(
@@ -257,13 +226,73 @@ async def _drop_expired(
     return [item for item in items if item.id not in expired]
 
 
-def _is_due(destination_id: int, now: datetime) -> ColumnElement[bool]:
+# The claim's statements take their values as parameters, so that each is built once per dialect:
+# building them took about as long as running them.
+_DESTINATION = bindparam("destination", type_=Integer)  # not a column name: the UPDATE takes it
+_NOW = bindparam("now", type_=UTCDateTime())
+
+
+def _due() -> ColumnElement[bool]:
+    """The destination's rows to send now: open, due, and under no live lease."""
     return and_(
-        OutboxItem.destination_id == destination_id,
+        OutboxItem.destination_id == _DESTINATION,
         OutboxItem.status.in_(OPEN),
-        OutboxItem.next_attempt_at <= now,
-        or_(OutboxItem.lease_until.is_(None), OutboxItem.lease_until <= now),
+        OutboxItem.next_attempt_at <= _NOW,
+        or_(OutboxItem.lease_until.is_(None), OutboxItem.lease_until <= _NOW),
     )
+
+
+def _calls_in_flight() -> ScalarSelect[int]:
+    """The calls that the destination's live leases may have open, by whatever worker: each claim's
+    own count, on its first row. A lease that its worker left behind (it died) counts until it ends."""
+    held = select(func.coalesce(func.sum(OutboxItem.lease_calls), 0)).where(
+        OutboxItem.destination_id == _DESTINATION,
+        OutboxItem.lease_calls.is_not(None),  # the index of claims: one entry per claim, not per row
+        OutboxItem.lease_until > _NOW,
+    )
+    return held.scalar_subquery()
+
+
+def _claimable_query(postgres: bool) -> Select[Any]:
+    wanted = select(*_TARGET_COLUMNS, _calls_in_flight()).where(
+        Destination.id == _DESTINATION,
+        Destination.enabled.is_(True),
+        or_(Destination.backoff_until.is_(None), Destination.backoff_until <= _NOW),
+        exists().where(_due()),  # an idle poll stays a read: no write lock, no UPDATE
+    )
+    if postgres:
+        # NO KEY UPDATE: ingest's foreign-key checks (KEY SHARE) on this row are never blocked.
+        wanted = wanted.with_for_update(skip_locked=True, key_share=True)
+    return wanted
+
+
+def _lease_query(postgres: bool) -> ReturningUpdate[int, str, int, datetime, str | None]:
+    due = select(OutboxItem.id).where(_due()).order_by(OutboxItem.id).limit(bindparam("limit", type_=Integer))
+    if postgres:
+        due = due.with_for_update(skip_locked=True)
+    picked = due.subquery()
+    first = func.row_number().over(order_by=picked.c.id) == 1
+    ranked = select(picked.c.id, first.label("first")).subquery()
+    calls = bindparam("calls", type_=Integer)
+    # Counted again by the statement that takes the rows: another claim may have come in since the read.
+    room = _calls_in_flight() + calls <= bindparam("concurrent_calls", type_=Integer)
+    return (
+        update(OutboxItem)
+        .where(OutboxItem.id == ranked.c.id, room)
+        .values(
+            lease_until=bindparam("until", type_=UTCDateTime()),
+            lease_calls=case((ranked.c.first, calls), else_=None),
+            attempts=OutboxItem.attempts + 1,
+            last_attempt_at=_NOW,
+        )
+        .returning(
+            OutboxItem.id, OutboxItem.log_id, OutboxItem.attempts, OutboxItem.created_at, OutboxItem.batch_id
+        )
+    )
+
+
+_CLAIMABLE = {postgres: _claimable_query(postgres) for postgres in (False, True)}
+_LEASE = {postgres: _lease_query(postgres) for postgres in (False, True)}
 
 
 def batches(items: Sequence[ClaimedItem], size: int) -> list[list[ClaimedItem]]:

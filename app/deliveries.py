@@ -17,7 +17,7 @@ from app.db import REPLAY_LOCK, db_clock, db_now, take_turns
 from app.errors import Conflict, NotFound, Unprocessable
 from app.filters import EventFilter
 from app.models import Destination, LogEvent, OutboxItem
-from app.outbox import OPEN, new_item, queue
+from app.outbox import OPEN, UNLEASED, new_item, queue
 
 # The statuses a destination's health counts. Not "delivered": those rows are the history kept for
 # DELIVERY_KEEP_DELIVERED (millions on a busy tenant) and counting them made every scrape read it all;
@@ -235,7 +235,7 @@ def _fresh(now: datetime) -> dict[str, Any]:
         "attempts": 0,
         "created_at": now,
         "next_attempt_at": now,
-        "lease_until": None,
+        **UNLEASED,
         "delivered_at": None,
     }
 

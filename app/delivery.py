@@ -58,7 +58,7 @@ async def deliver_destination_once(context: Context, destination_id: int) -> int
     if claim is None:
         return 0
     target = claim.target
-    slots = asyncio.Semaphore(target.concurrent_calls)
+    slots = asyncio.Semaphore(claim.calls)  # the share of concurrent_calls the claim holds
     down = asyncio.Event()
     chunks: list[list[ClaimedItem]] = [claim.items]  # unsent, should the load be cancelled
     tasks: list[asyncio.Task[Outcome | None]] = []

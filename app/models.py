@@ -164,6 +164,9 @@ class OutboxItem(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The calls its claim may have open at once, on the claim's first row only (NULL on the others and
+    # once settled), so that a sum over live leases counts each claim once (outbox.calls_in_flight).
+    lease_calls: Mapped[int | None] = mapped_column(Integer)
     last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_status_code: Mapped[int | None] = mapped_column(Integer)
@@ -176,6 +179,9 @@ class OutboxItem(Base):
         Index(None, "status", "next_attempt_at"),
         Index(None, "destination_id", "status", "next_attempt_at"),
         Index(None, "destination_id", "log_id"),  # replay: which of a page's events wait already
+        # The calls in flight: one entry per live claim (its first row), so it stays tiny, ingest never
+        # writes to it, and neither do the claim's other rows (on PostgreSQL their lease stays a HOT update).
+        Index("ix_outbox_items_claims", "destination_id", **_where("lease_calls IS NOT NULL")),
     )
 
 

@@ -13,22 +13,42 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Insert, and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Insert,
+    Integer,
+    ScalarSelect,
+    Select,
+    and_,
+    bindparam,
+    case,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from app.db import db_now
 from app.filters import EventFilter
-from app.models import Destination, OutboxItem
+from app.models import Destination, OutboxItem, UTCDateTime
 from app.payloads import message_id
 from app.retry import Outcome, RetryPolicy, verdict_of
 
 # Rows that still want a delivery; "failed" = tried and due again at next_attempt_at.
 OPEN = ("pending", "failed")
 SETTLED = ("delivered", "dead")  # the other statuses: nothing more to send
-# Single mode claims a few rounds of calls at once, so that one claim feeds every concurrent slot.
+# Single mode claims a few rounds of calls at once, so that one claim feeds each of its calls.
 SINGLE_ROUNDS = 4
 MAX_CLAIM = 5000  # rows one claim may lease, whatever batch size x concurrent calls asks for
+# A row no longer under a lease: settled, given back, or dead. Clearing lease_calls keeps the index of
+# claims (ix_outbox_items_claims) to the live ones.
+UNLEASED: dict[str, Any] = {"lease_until": None, "lease_calls": None}
 
 
 def enqueue(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
@@ -115,6 +135,7 @@ class Claim:
     lease_until: datetime  # also the claim's token: only its holder may settle the rows
     items: list[ClaimedItem]
     probe: bool  # the destination is failing: this is its one try for this backoff step
+    calls: int  # requests it may have open at once: its share of concurrent_calls, held until settled
 
 
 _TARGET_COLUMNS = [getattr(Destination, name) for name in Target.__slots__]
@@ -123,78 +144,155 @@ _TARGET_COLUMNS = [getattr(Destination, name) for name in Target.__slots__]
 async def claim_due(
     conn: AsyncConnection, destination_id: int, lease: timedelta, policy: RetryPolicy
 ) -> Claim | None:
-    """Lease the destination's due rows (oldest first), in the caller's short transaction.
+    """Lease the destination's due rows (oldest first) for the calls it has free, in the caller's
+    short transaction.
 
     Due times and leases are the database's clock (db_now): a worker whose host clock runs ahead
     would otherwise take over rows whose lease has not ended, and one behind would leave them late.
 
-    A healthy destination gets enough rows for every concurrent call; a failing one gets a single
-    batch, and its backoff is pushed to the lease end so that no other worker probes it meanwhile.
-    On PostgreSQL the destination row and the item rows are locked with SKIP LOCKED, so concurrent
-    workers claim disjoint rows; on SQLite the claim is one UPDATE ... RETURNING.
+    concurrent_calls holds across workers: a claim takes only the calls that the live leases leave
+    free, and records on its first row the calls it may have open at once (Claim.calls, the size of
+    its sender's semaphore). The UPDATE that takes the rows counts the calls in flight again and takes
+    nothing if another claim came in since the read: on SQLite that statement holds the write lock;
+    on PostgreSQL the destination row is locked first (SKIP LOCKED: a concurrent claim finds nothing),
+    so the statement's snapshot, taken after the lock, shows every claim before it.
+    A healthy destination gets enough rows for every free call; a failing one gets a single batch,
+    and its backoff is pushed to the lease end so that no other worker probes it meanwhile.
     Rows older than the maximum age are moved to dead letter here instead of being sent.
     """
-    postgres = conn.dialect.name == "postgresql"
     now = await db_now(conn)
-    is_due = and_(
-        OutboxItem.destination_id == destination_id,
-        OutboxItem.status.in_(OPEN),
-        OutboxItem.next_attempt_at <= now,
-        or_(OutboxItem.lease_until.is_(None), OutboxItem.lease_until <= now),
-    )
-    wanted = select(*_TARGET_COLUMNS).where(
-        Destination.id == destination_id,
-        Destination.enabled.is_(True),
-        or_(Destination.backoff_until.is_(None), Destination.backoff_until <= now),
-        exists().where(is_due),  # an idle poll stays a read: no write lock, no UPDATE
-    )
-    if postgres:
-        # NO KEY UPDATE: ingest's foreign-key checks (KEY SHARE) on this row are never blocked.
-        wanted = wanted.with_for_update(skip_locked=True, key_share=True)
-    row = (await conn.execute(wanted)).first()
-    if row is None:
+    claimable = await _claimable(conn, destination_id, now)
+    if claimable is None:
         return None
-    target = Target(**row._mapping)
+    target, free = claimable
     probe = target.consecutive_failures > 0
-    rounds = 1 if probe else target.concurrent_calls * (1 if target.per_call > 1 else SINGLE_ROUNDS)
+    rounds = 1 if probe else free * (1 if target.per_call > 1 else SINGLE_ROUNDS)
     lease_until = now + lease
-    due = (
-        select(OutboxItem.id)
-        .where(is_due)
-        .order_by(OutboxItem.id)
-        .limit(min(target.per_call * rounds, max(target.per_call, MAX_CLAIM)))
-    )
-    if postgres:
-        due = due.with_for_update(skip_locked=True)
-    result = await conn.execute(
-        update(OutboxItem)
-        .where(OutboxItem.id.in_(due.scalar_subquery()))
-        .values(lease_until=lease_until, attempts=OutboxItem.attempts + 1, last_attempt_at=now)
-        .returning(
-            OutboxItem.id, OutboxItem.log_id, OutboxItem.attempts, OutboxItem.created_at, OutboxItem.batch_id
-        )
-    )
-    items = sorted((ClaimedItem(*r) for r in result), key=lambda item: item.id)
+    limit = min(target.per_call * rounds, max(target.per_call, MAX_CLAIM))
+    leased = await _lease(conn, target, now, lease_until, limit, free)
+    items = await _drop_expired(conn, leased, now, policy)
     if not items:
         return None
-    expired = [item.id for item in items if policy.is_expired(item.created_at, now)]
+    # No more calls than it has requests: a claim holds no share of the limit that it cannot use.
+    calls = min(free, len(batches(items, target.per_call)))
+    if items[0].id != leased[0].id or calls != free:  # a small claim, or its first row expired
+        await conn.execute(update(OutboxItem).where(OutboxItem.id == items[0].id).values(lease_calls=calls))
+    if probe:
+        await conn.execute(
+            update(Destination).where(Destination.id == destination_id).values(backoff_until=lease_until)
+        )
+    return Claim(target, lease_until, items, probe, calls)
+
+
+async def _claimable(conn: AsyncConnection, destination_id: int, now: datetime) -> tuple[Target, int] | None:
+    """The destination and its free calls, if it is enabled, not backed off, and has due rows and a
+    free call. On PostgreSQL its row is locked for the claim, unless another claim holds it."""
+    query = _CLAIMABLE[conn.dialect.name == "postgresql"]
+    row = (await conn.execute(query, {"destination": destination_id, "now": now})).first()
+    if row is None:
+        return None
+    target = Target(*row[:-1])
+    free = target.concurrent_calls - row[-1]
+    return (target, free) if free > 0 else None
+
+
+async def _lease(
+    conn: AsyncConnection, target: Target, now: datetime, lease_until: datetime, limit: int, calls: int
+) -> list[ClaimedItem]:
+    """Lease up to `limit` due rows, oldest first (PostgreSQL: skipping rows another claim holds), for
+    `calls` calls, recorded on the first of them; none if the calls in flight now leave no room."""
+    values = {"destination": target.id, "now": now, "until": lease_until, "limit": limit}
+    values |= {"calls": calls, "concurrent_calls": target.concurrent_calls}
+    result = await conn.execute(_LEASE[conn.dialect.name == "postgresql"], values)
+    return sorted((ClaimedItem(*r) for r in result), key=lambda item: item.id)
+
+
+async def _drop_expired(
+    conn: AsyncConnection, items: list[ClaimedItem], now: datetime, policy: RetryPolicy
+) -> list[ClaimedItem]:
+    """Move the rows older than the maximum age to dead letter, unsent; returns the others."""
+    expired = {item.id for item in items if policy.is_expired(item.created_at, now)}
     if expired:
         await conn.execute(
             update(OutboxItem)
             .where(OutboxItem.id.in_(expired))
             .values(
+                **UNLEASED,
                 status="dead",
-                lease_until=None,
                 attempts=OutboxItem.attempts - 1,
                 last_error=f"expired: not delivered within {policy.max_age}",
             )
         )
-        items = [item for item in items if item.id not in set(expired)]
-    if probe and items:
-        await conn.execute(
-            update(Destination).where(Destination.id == destination_id).values(backoff_until=lease_until)
+    return [item for item in items if item.id not in expired]
+
+
+# The claim's statements take their values as parameters, so that each is built once per dialect:
+# building them took about as long as running them.
+_DESTINATION = bindparam("destination", type_=Integer)  # not a column name: the UPDATE takes it
+_NOW = bindparam("now", type_=UTCDateTime())
+
+
+def _due() -> ColumnElement[bool]:
+    """The destination's rows to send now: open, due, and under no live lease."""
+    return and_(
+        OutboxItem.destination_id == _DESTINATION,
+        OutboxItem.status.in_(OPEN),
+        OutboxItem.next_attempt_at <= _NOW,
+        or_(OutboxItem.lease_until.is_(None), OutboxItem.lease_until <= _NOW),
+    )
+
+
+def _calls_in_flight() -> ScalarSelect[int]:
+    """The calls that the destination's live leases may have open, by whatever worker: each claim's
+    own count, on its first row. A lease that its worker left behind (it died) counts until it ends."""
+    held = select(func.coalesce(func.sum(OutboxItem.lease_calls), 0)).where(
+        OutboxItem.destination_id == _DESTINATION,
+        OutboxItem.lease_calls.is_not(None),  # the index of claims: one entry per claim, not per row
+        OutboxItem.lease_until > _NOW,
+    )
+    return held.scalar_subquery()
+
+
+def _claimable_query(postgres: bool) -> Select[Any]:
+    wanted = select(*_TARGET_COLUMNS, _calls_in_flight()).where(
+        Destination.id == _DESTINATION,
+        Destination.enabled.is_(True),
+        or_(Destination.backoff_until.is_(None), Destination.backoff_until <= _NOW),
+        exists().where(_due()),  # an idle poll stays a read: no write lock, no UPDATE
+    )
+    if postgres:
+        # NO KEY UPDATE: ingest's foreign-key checks (KEY SHARE) on this row are never blocked.
+        wanted = wanted.with_for_update(skip_locked=True, key_share=True)
+    return wanted
+
+
+def _lease_query(postgres: bool) -> ReturningUpdate[int, str, int, datetime, str | None]:
+    due = select(OutboxItem.id).where(_due()).order_by(OutboxItem.id).limit(bindparam("limit", type_=Integer))
+    if postgres:
+        due = due.with_for_update(skip_locked=True)
+    picked = due.subquery()
+    first = func.row_number().over(order_by=picked.c.id) == 1
+    ranked = select(picked.c.id, first.label("first")).subquery()
+    calls = bindparam("calls", type_=Integer)
+    # Counted again by the statement that takes the rows: another claim may have come in since the read.
+    room = _calls_in_flight() + calls <= bindparam("concurrent_calls", type_=Integer)
+    return (
+        update(OutboxItem)
+        .where(OutboxItem.id == ranked.c.id, room)
+        .values(
+            lease_until=bindparam("until", type_=UTCDateTime()),
+            lease_calls=case((ranked.c.first, calls), else_=None),
+            attempts=OutboxItem.attempts + 1,
+            last_attempt_at=_NOW,
         )
-    return Claim(target, lease_until, items, probe) if items else None
+        .returning(
+            OutboxItem.id, OutboxItem.log_id, OutboxItem.attempts, OutboxItem.created_at, OutboxItem.batch_id
+        )
+    )
+
+
+_CLAIMABLE = {postgres: _claimable_query(postgres) for postgres in (False, True)}
+_LEASE = {postgres: _lease_query(postgres) for postgres in (False, True)}
 
 
 def batches(items: Sequence[ClaimedItem], size: int) -> list[list[ClaimedItem]]:
@@ -212,7 +310,7 @@ async def release(conn: AsyncConnection, claim: Claim, items: Sequence[ClaimedIt
     await conn.execute(
         update(OutboxItem)
         .where(OutboxItem.id.in_([i.id for i in items]), OutboxItem.lease_until == claim.lease_until)
-        .values(status="dead", lease_until=None, last_error=reason)
+        .values(**UNLEASED, status="dead", last_error=reason)
     )
     if claim.probe and len(items) == len(claim.items):  # nothing was sent: the next probe may go now
         await conn.execute(
@@ -242,7 +340,7 @@ async def record_outcomes(
         await conn.execute(
             update(OutboxItem)
             .where(OutboxItem.id.in_(unsent), OutboxItem.lease_until == claim.lease_until)
-            .values(lease_until=None, attempts=OutboxItem.attempts - 1)
+            .values(**UNLEASED, attempts=OutboxItem.attempts - 1)
         )
     failures = [outcome for _, outcome in sent if not outcome.is_success]
     retryable = [outcome for outcome in failures if verdict_of(outcome) == "retry"]
@@ -276,9 +374,8 @@ async def record_outcomes(
                 status = "dead" if policy.gives_up(item.attempts, item.created_at, now) else "failed"
             buckets[(status, outcome.status_code, error, batch_id)].append(item.id)
     for (settled, code, error, batch_id), ids in buckets.items():
-        values: dict[str, Any] = {
+        values: dict[str, Any] = UNLEASED | {
             "status": settled,
-            "lease_until": None,
             "last_status_code": code,
             "last_error": error,
             "last_attempt_at": now,

@@ -15,7 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import outbox
 from app.config import Settings
-from app.db import db_now
 from app.delivery import deliver_once
 from app.models import OutboxItem
 from app.retry import Outcome, RetryPolicy
@@ -25,6 +24,7 @@ from tests.relay.conftest import (
     SLOW_BACKOFF,
     add_destination,
     deliver_all,
+    expire_leases,
     ingest,
     next_round,
     statuses,
@@ -35,15 +35,6 @@ from tests.relay.receiver import Answer, Receiver
 async def rows(engine: AsyncEngine) -> list[OutboxItem]:
     async with engine.connect() as conn:
         return list(await conn.execute(select(OutboxItem).order_by(OutboxItem.id)))  # type: ignore[arg-type]
-
-
-async def expire_leases(engine: AsyncEngine) -> None:
-    """Every lease ends a second ago, as it would once its time had passed."""
-    async with engine.begin() as conn:
-        past = await db_now(conn) - timedelta(seconds=1)
-        await conn.execute(
-            update(OutboxItem).where(OutboxItem.lease_until.is_not(None)).values(lease_until=past)
-        )
 
 
 @pytest.mark.parametrize("code", [408, 409, 429, 500, 502, 503])

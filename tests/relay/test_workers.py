@@ -18,7 +18,7 @@ from app.config import Settings
 from app.db import make_engine
 from app.delivery import deliver_destination_once, run_delivery_loop
 from app.models import LogEvent, OutboxItem
-from app.retry import RetryPolicy
+from app.retry import Outcome, RetryPolicy
 from tests.conftest import ADMIN_TOKEN, LiveServer
 from tests.factories import make_event
 from tests.relay.conftest import add_destination, deliver_all, ingest, statuses
@@ -91,28 +91,38 @@ async def test_a_stuck_destination_never_slows_ingest(
         await receiver.wait_for(2)
 
 
-async def test_two_workers_never_claim_the_same_row(
+async def test_two_workers_never_claim_the_same_row_nor_more_calls_than_allowed(
     relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver, settings: Settings
 ) -> None:
-    """Two claimers on their own engines race for one destination's rows (PostgreSQL: SKIP LOCKED)."""
+    """Two claimers on their own engines race for one destination's rows and calls (PostgreSQL: SKIP
+    LOCKED on the destination and its rows; SQLite: a claim takes the write lock before it counts);
+    each settles its claim, as a worker does once its requests have answered."""
     destination = await add_destination(api, receiver.url, batch_size=7, concurrent_calls=3)
     await ingest(api, [make_event() for _ in range(300)])
     engines = [make_engine(settings), make_engine(settings)]
     claimed: list[list[int]] = [[], []]
+    held = [0, 0]  # the calls of the claims held right now, by claimer
+    most = 0
 
     async def claimer(index: int) -> None:
-        idle = 0
-        while idle < 20:
+        nonlocal most
+        while len(claimed[0]) + len(claimed[1]) < 300:
             async with engines[index].begin() as conn:
                 claim = await outbox.claim_due(conn, destination["id"], timedelta(minutes=5), RetryPolicy())
             if claim is None:
-                idle += 1
                 await asyncio.sleep(0)
                 continue
             claimed[index].extend(item.id for item in claim.items)
+            held[index] = claim.calls
+            most = max(most, sum(held))
+            await asyncio.sleep(0)  # the other claimer tries while this claim is held
+            held[index] = 0  # before the settle commits: until then the database counts the calls too
+            async with engines[index].begin() as conn:
+                await outbox.record_outcomes(conn, claim, [(claim.items, Outcome(200))], RetryPolicy())
 
     try:
-        await asyncio.gather(claimer(0), claimer(1))
+        async with asyncio.timeout(120):  # a bound on waiting, not a timing assertion
+            await asyncio.gather(claimer(0), claimer(1))
     finally:
         for engine in engines:
             await engine.dispose()
@@ -121,6 +131,7 @@ async def test_two_workers_never_claim_the_same_row(
     assert len(both) == len(set(both)) == 300
     assert claimed[0]
     assert claimed[1]
+    assert most == 3
 
 
 async def test_two_delivery_workers_send_each_row_once(

@@ -23,11 +23,11 @@ import httpx
 from sqlalchemy import select
 from standardwebhooks import Webhook
 
-from app import metrics, outbox
+from app import claims, metrics, outbox
+from app.claims import Claim, ClaimedItem, Target
 from app.context import USER_AGENT, Context
 from app.destinations import path_is_token
 from app.models import Destination, LogEvent
-from app.outbox import Claim, ClaimedItem, Target
 from app.payloads import is_header_value, message_id, render_body, signing_key
 from app.retry import Outcome, RetryPolicy, excerpt, parse_retry_after, verdict_of
 from app.stopping import wait_or_stop
@@ -54,7 +54,7 @@ async def deliver_destination_once(context: Context, destination_id: int) -> int
     settings = context.settings
     policy = RetryPolicy.from_settings(settings)
     async with context.engine.begin() as conn:
-        claim = await outbox.claim_due(conn, destination_id, settings.delivery_lease, policy)
+        claim = await claims.claim_due(conn, destination_id, settings.delivery_lease, policy)
     if claim is None:
         return 0
     target = claim.target
@@ -79,7 +79,7 @@ async def deliver_destination_once(context: Context, destination_id: int) -> int
         events = await _load_events(context, [item.log_id for item in claim.items])
         sendable = [item for item in claim.items if item.log_id in events]
         missing = [item for item in claim.items if item.log_id not in events]
-        chunks = outbox.batches(sendable, target.per_call)
+        chunks = claims.batches(sendable, target.per_call)
         tasks = [asyncio.create_task(send_chunk(chunk)) for chunk in chunks]
         if tasks:
             await asyncio.wait(tasks)

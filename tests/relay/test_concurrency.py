@@ -17,12 +17,12 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_
 
-from app import outbox
+from app import claims
+from app.claims import Claim
 from app.config import Settings
 from app.context import Context
 from app.db import make_engine
 from app.delivery import deliver_destination_once
-from app.outbox import Claim
 from app.retry import RetryPolicy
 from tests.conftest import LiveServer
 from tests.factories import make_event
@@ -117,7 +117,7 @@ async def test_the_calls_of_a_worker_that_died_free_up_when_its_lease_ends(
     # A worker claims rows and dies before sending or recording anything.
     lease = relay.context.settings.delivery_lease
     async with engine.begin() as conn:
-        claim = await outbox.claim_due(conn, destination["id"], lease, RetryPolicy())
+        claim = await claims.claim_due(conn, destination["id"], lease, RetryPolicy())
     assert claim is not None
     # Its calls may be under way, for all another worker knows: the rows it did not claim wait.
     assert await deliver_destination_once(relay.context, destination["id"]) == 0
@@ -148,7 +148,7 @@ def on_statement(engine: AsyncEngine, starts: str, then: Callable[[], None]) -> 
 
 async def claim(engine: AsyncEngine, destination_id: int) -> Claim | None:
     async with engine.begin() as conn:
-        return await outbox.claim_due(conn, destination_id, timedelta(minutes=5), RetryPolicy())
+        return await claims.claim_due(conn, destination_id, timedelta(minutes=5), RetryPolicy())
 
 
 async def test_claims_that_count_at_once_take_the_free_calls_once(

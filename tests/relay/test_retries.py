@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import outbox
+from app import claims, outbox
 from app.config import Settings
 from app.delivery import deliver_once
 from app.models import OutboxItem
@@ -224,7 +224,7 @@ async def test_a_killed_worker_rows_are_sent_after_the_lease_expires(
     await ingest(api, [make_event() for _ in range(3)])
     # A worker claims the rows and dies before sending or recording anything.
     async with engine.begin() as conn:
-        claim = await outbox.claim_due(conn, destination["id"], settings.delivery_lease, RetryPolicy())
+        claim = await claims.claim_due(conn, destination["id"], settings.delivery_lease, RetryPolicy())
     assert claim is not None
     assert len(claim.items) == 3
     assert await deliver_once(relay.context) == 0  # leased: nobody else sends them
@@ -330,9 +330,9 @@ async def test_a_failed_batch_is_retried_as_the_same_batch_under_the_same_webhoo
 def test_batches_keep_a_failed_batch_whole_and_alone() -> None:
     now = datetime.now(UTC)
 
-    def item(row_id: int, batch_id: str | None) -> outbox.ClaimedItem:
-        return outbox.ClaimedItem(row_id, f"log-{row_id}", 1, now, batch_id)
+    def item(row_id: int, batch_id: str | None) -> claims.ClaimedItem:
+        return claims.ClaimedItem(row_id, f"log-{row_id}", 1, now, batch_id)
 
     claimed = [item(1, "b1"), item(2, "b1"), item(3, None), item(4, "b2"), item(5, None), item(6, "b1")]
-    chunks = outbox.batches(claimed, 2)
+    chunks = claims.batches(claimed, 2)
     assert [[i.id for i in chunk] for chunk in chunks] == [[1, 2], [3, 5], [4], [6]]

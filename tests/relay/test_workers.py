@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import outbox
+from app import claims, outbox
 from app.config import Settings
 from app.db import make_engine
 from app.delivery import deliver_destination_once, run_delivery_loop
@@ -108,7 +108,7 @@ async def test_two_workers_never_claim_the_same_row_nor_more_calls_than_allowed(
         nonlocal most
         while len(claimed[0]) + len(claimed[1]) < 300:
             async with engines[index].begin() as conn:
-                claim = await outbox.claim_due(conn, destination["id"], timedelta(minutes=5), RetryPolicy())
+                claim = await claims.claim_due(conn, destination["id"], timedelta(minutes=5), RetryPolicy())
             if claim is None:
                 await asyncio.sleep(0)
                 continue

@@ -20,7 +20,7 @@ from app.stopping import wait_or_stop
 log = logging.getLogger(__name__)
 
 PURGE_EVERY = 600.0  # seconds between purges
-PURGE_CHUNK = 5000  # delivered outbox rows per transaction
+PACE = retention.Pace()  # delivered outbox rows go at the pace events do
 
 
 async def run_housekeeping_loop(context: Context, stop: asyncio.Event) -> None:
@@ -34,19 +34,25 @@ async def run_housekeeping_loop(context: Context, stop: asyncio.Event) -> None:
 
 async def housekeep_once(context: Context, stop: asyncio.Event | None = None) -> None:
     now = datetime.now(UTC)  # this host's clock: what is purged is compared with no other worker's
-    await purge_delivered(context)
+    await purge_delivered(context, stop)
     async with context.engine.begin() as conn:
         await forget_expired_secrets(conn, now)
     await retention.purge_expired(context, now, stop)
 
 
-async def purge_delivered(context: Context) -> int:
-    """Drop rows delivered longer ago than DELIVERY_KEEP_DELIVERED, a chunk per short transaction."""
+async def purge_delivered(
+    context: Context, stop: asyncio.Event | None = None, pace: retention.Pace = PACE
+) -> int:
+    """Drop rows delivered longer ago than DELIVERY_KEEP_DELIVERED, a chunk per short transaction
+    with the retention's pause between chunks, so that ingest's commits get in between (SQLite)."""
     before = datetime.now(UTC) - context.settings.delivery_keep_delivered
+    stop = stop or asyncio.Event()
     total = 0
-    while True:
+    while not stop.is_set():
         async with context.engine.begin() as conn:
-            purged = await outbox.purge_delivered(conn, before, PURGE_CHUNK)
+            purged = await outbox.purge_delivered(conn, before, pace.chunk)
         total += purged
-        if purged < PURGE_CHUNK:
-            return total
+        if purged < pace.chunk:
+            break
+        await wait_or_stop(stop, pace.pause)
+    return total

@@ -17,7 +17,8 @@ from app.destinations import DestinationSpec, sync_env_destinations
 from app.housekeeping import purge_delivered
 from app.models import Destination, OutboxItem
 from app.outbox import new_item, queue
-from tests.conftest import LiveServer, is_postgres
+from app.retention import Pace
+from tests.conftest import LiveServer, is_postgres, statements_naming
 from tests.factories import make_event
 from tests.relay.conftest import SLOW_BACKOFF, add_destination, deliver_all, ingest, statuses
 from tests.relay.receiver import Answer, Receiver
@@ -243,6 +244,25 @@ async def test_old_delivered_rows_are_purged_and_dead_letters_kept(
     assert await purge_delivered(relay.context) == 1
     left = (await api.get("/api/deliveries")).json()["items"]
     assert sorted(i["status"] for i in left) == ["dead", "delivered"]
+
+
+async def test_delivered_rows_are_purged_a_chunk_at_a_time_until_stopped(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver, engine: AsyncEngine
+) -> None:
+    destination = await add_destination(api, receiver.url, send_as_batch=False)
+    await ingest(api, [make_event() for _ in range(5)])
+    await deliver_all(relay.context)
+    long_ago = datetime.now(UTC) - timedelta(days=8)
+    async with engine.begin() as conn:
+        await conn.execute(update(OutboxItem).values(delivered_at=long_ago, next_attempt_at=long_ago))
+
+    stopped = asyncio.Event()
+    stopped.set()
+    assert await purge_delivered(relay.context, stopped) == 0  # a stopping worker starts no chunk
+    with statements_naming(relay.context.engine, "DELETE FROM outbox_items") as deletes:
+        assert await purge_delivered(relay.context, pace=Pace(chunk=2, pause=0)) == 5
+    assert len(deletes) == 3
+    assert await statuses(api, destination["id"]) == {"pending": 0, "failed": 0, "delivered": 0, "dead": 0}
 
 
 @pytest.mark.parametrize("relay", [SLOW_BACKOFF], indirect=True)

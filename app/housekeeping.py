@@ -12,6 +12,8 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from app import outbox, retention
 from app.context import Context
 from app.destinations import forget_expired_secrets
@@ -46,13 +48,8 @@ async def purge_delivered(
     """Drop rows delivered longer ago than DELIVERY_KEEP_DELIVERED, a chunk per short transaction
     with the retention's pause between chunks, so that ingest's commits get in between (SQLite)."""
     before = datetime.now(UTC) - context.settings.delivery_keep_delivered
-    stop = stop or asyncio.Event()
-    total = 0
-    while not stop.is_set():
-        async with context.engine.begin() as conn:
-            purged = await outbox.purge_delivered(conn, before, pace.chunk)
-        total += purged
-        if purged < pace.chunk:
-            break
-        await wait_or_stop(stop, pace.pause)
-    return total
+
+    async def chunk(conn: AsyncConnection, limit: int) -> int:
+        return await outbox.purge_delivered(conn, before, limit)
+
+    return await retention.purge_in_chunks(context.engine, chunk, stop or asyncio.Event(), pace)

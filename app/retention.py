@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from prometheus_client import Counter
 from sqlalchemy import and_, delete, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
@@ -138,13 +140,29 @@ async def _purge_events(engine: AsyncEngine, before: datetime, stop: asyncio.Eve
 
 
 async def _purge_quarantined(engine: AsyncEngine, before: datetime, stop: asyncio.Event, pace: Pace) -> int:
+    async def chunk(conn: AsyncConnection, limit: int) -> int:
+        await take_turns(conn, RETENTION_LOCK)
+        return await purge_quarantined_chunk(conn, before, limit)
+
+    return await purge_in_chunks(engine, chunk, stop, pace, metrics.PURGED_QUARANTINED_LINES)
+
+
+async def purge_in_chunks(
+    engine: AsyncEngine,
+    chunk: Callable[[AsyncConnection, int], Awaitable[int]],
+    stop: asyncio.Event,
+    pace: Pace,
+    counter: Counter | None = None,
+) -> int:
+    """Run `chunk(conn, pace.chunk)` (it deletes up to that many rows) a short transaction at a time,
+    with the pause between, until it deletes fewer or `stop` is set; returns the rows deleted."""
     total = 0
     while not stop.is_set():
         async with engine.begin() as conn:
-            await take_turns(conn, RETENTION_LOCK)
-            purged = await purge_quarantined_chunk(conn, before, pace.chunk)
+            purged = await chunk(conn, pace.chunk)
         total += purged
-        metrics.PURGED_QUARANTINED_LINES.inc(purged)
+        if counter is not None:
+            counter.inc(purged)
         if purged < pace.chunk:
             break
         await wait_or_stop(stop, pace.pause)

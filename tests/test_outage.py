@@ -24,12 +24,14 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from app import housekeeping
+from app import housekeeping, stopping
 from app.auth0 import management
 from app.config import Settings
+from app.delivery import run_delivery_loop
 from app.models import LogEvent, OutboxItem
+from app.wal import run_checkpoints
 from tests.conftest import (
     ADMIN_TOKEN,
     PG_URL,
@@ -48,6 +50,11 @@ from tests.relay.receiver import Receiver
 pg_only = pytest.mark.skipif(not is_postgres(), reason="kills PostgreSQL connections")
 
 DEADLINE = 30.0  # seconds: a bound on waiting for a condition, never a timing assertion
+UNREACHABLE = (
+    "postgresql+asyncpg://postgres@127.0.0.1:1/nothing"
+    if is_postgres()
+    else "sqlite+aiosqlite:////nonexistent-dir/x/y.db"
+)
 
 # Every route that reads the database, with the token it takes.
 READS = [
@@ -344,6 +351,7 @@ async def test_a_database_outage_while_serving_with_workers(
     committed failure event is delivered once and none that was refused."""
     caplog.set_level(logging.INFO, logger="app")
     monkeypatch.setattr(housekeeping, "PURGE_EVERY", 0.05)  # housekeeping runs often enough to see
+    monkeypatch.setattr(stopping, "MAX_FAILURE_PAUSE", 1.0)  # and delivery backs off that far at most
     management.TOKENS.clear()
     fake = FakeAuth0()
     early = make_logs(3)
@@ -472,3 +480,75 @@ async def test_a_round_whose_outcome_cannot_be_recorded_is_sent_again_and_none_i
     sent = [event["log_id"] for event in receiver.events()]
     assert set(sent) == {e["log_id"] for e in events}
     assert all(1 <= sent.count(e["log_id"]) <= 2 for e in events), sent
+
+
+# --- backing off while the database is gone --------------------------------------------------------
+
+
+class Pauses:
+    """A loop's `wait` that records the seconds each task asked for and returns at once (nothing
+    sleeps); `first` runs on the first pause; the stop is set once `enough(self)` holds."""
+
+    def __init__(self, first: Callable[[], None], enough: Callable[[Pauses], bool]) -> None:
+        self.by_task: dict[str, list[float]] = {}
+        self._first: Callable[[], None] | None = first
+        self._enough = enough
+
+    async def __call__(self, stop: asyncio.Event, seconds: float) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.by_task.setdefault(task.get_name(), []).append(seconds)
+        if self._first is not None:
+            self._first, first = None, self._first
+            first()
+        if self._enough(self):
+            stop.set()
+
+
+async def test_the_delivery_loops_back_off_while_the_database_is_gone(
+    make_settings: Callable[..., Settings], start_server: Callable[..., Any], receiver: Receiver
+) -> None:
+    """Each failure in a row doubles the pause, up to a cap: an outage is not tried, and logged with
+    a traceback, every DELIVERY_POLL_INTERVAL by the listing and by each destination's loop."""
+    live = await start_server(make_settings(delivery_poll_interval=0.5))
+    async with httpx.AsyncClient(base_url=live.base_url, headers=bearer(ADMIN_TOKEN)) as api:
+        created = await api.post("/api/destinations", json={"name": "hook", "url": receiver.url})
+        assert created.status_code == 201, created.text
+    context = live.context
+
+    def the_database_goes() -> None:  # after the first listing, before the destination's first round
+        context.engine = create_async_engine(UNREACHABLE)
+
+    def enough(pauses: Pauses) -> bool:
+        return len(pauses.by_task) == 2 and all(len(s) >= 9 for s in pauses.by_task.values())
+
+    pauses = Pauses(the_database_goes, enough)
+    good = context.engine
+    try:
+        async with asyncio.timeout(DEADLINE):
+            await run_delivery_loop(context, asyncio.Event(), wait=pauses)
+    finally:
+        await context.engine.dispose()
+        context.engine = good
+    this_task = asyncio.current_task()
+    assert this_task is not None
+    listing = pauses.by_task.pop(this_task.get_name())
+    [destination] = pauses.by_task.values()
+    assert listing[:9] == [0.5, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]  # listed once, then failures
+    assert destination[:9] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+
+
+@pytest.mark.skipif(is_postgres(), reason="SQLite's WAL checkpoints")
+async def test_wal_checkpoints_back_off_while_they_fail() -> None:
+    def enough(pauses: Pauses) -> bool:
+        return sum(len(s) for s in pauses.by_task.values()) >= 12
+
+    pauses = Pauses(lambda: None, enough)
+    engine = create_async_engine(UNREACHABLE)
+    try:
+        async with asyncio.timeout(DEADLINE):
+            await run_checkpoints(engine, asyncio.Event(), wait=pauses)
+    finally:
+        await engine.dispose()
+    [seconds] = pauses.by_task.values()
+    assert seconds == [0.1, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30.0, 30.0]

@@ -22,9 +22,9 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db import is_unavailable
 from app.ingest import Batch, StoreResult, store_batches
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def _outcomes(
     try:
         return list(transaction(batches))
     except Exception as exc:
-        if len(batches) == 1 or _unavailable(exc):
+        if len(batches) == 1 or is_unavailable(exc):  # every batch would fail the same way
             _log_failure(exc, batches)
             return [exc] * len(batches)
     return [outcome for batch in batches for outcome in _outcomes(transaction, [batch])]
@@ -149,17 +149,10 @@ async def _outcomes_async(
     try:
         return list(await transaction(batches))
     except Exception as exc:
-        if len(batches) == 1 or _unavailable(exc):
+        if len(batches) == 1 or is_unavailable(exc):  # every batch would fail the same way
             _log_failure(exc, batches)
             return [exc] * len(batches)
     return [outcome for batch in batches for outcome in await _outcomes_async(transaction, [batch])]
-
-
-def _unavailable(exc: Exception) -> bool:
-    """The database, not the batch, failed: every batch of the group would fail the same way."""
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(exc, OperationalError | InterfaceError | OSError | TimeoutError)
 
 
 def _log_failure(exc: Exception, batches: list[Batch]) -> None:

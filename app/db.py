@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Engine, MetaData, create_engine, event, text
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
@@ -108,7 +110,7 @@ def make_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         settings.database_url,
         **_ENGINE_OPTIONS,
         pool_size=10,
@@ -120,6 +122,34 @@ def make_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
         connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan"}},
         **kwargs,
     )
+    event.listen(engine.sync_engine, "checkout", _replace_closed)
+    return engine
+
+
+def _replace_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    # A connection the server closed while it sat in the pool (a restart or failover,
+    # pg_terminate_backend, a pgbouncer restart, an idle-connection killer) is replaced before use,
+    # instead of failing the request that draws it. asyncpg knows without a round trip; pool_pre_ping
+    # would cost three per checkout (BEGIN, the ping, ROLLBACK: +0.3 ms of CPU per transaction here).
+    if dbapi_connection.driver_connection.is_closed():
+        raise DisconnectionError("the database closed this pooled connection")
+
+
+# SQLSTATE classes of a database that cannot serve anyone right now: connection exception (08),
+# insufficient resources (53: too many connections, disk full), operator intervention (57: shutdown,
+# terminated, starting up), system error (58: I/O), and no such database (3D).
+_UNAVAILABLE_SQLSTATES = ("08", "53", "57", "58", "3D")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """The database, not the request, failed: it is unreachable, restarting, locked, full or out of
+    connections, and the same request may well succeed later (a 503, which senders retry)."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout | OSError):
+        return True  # OSError: a refused or reset connection, a connect timeout, an unknown host
+    sqlstate = getattr(exc.orig, "sqlstate", None) if isinstance(exc, DBAPIError) else None
+    return isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
 
 
 def make_sqlite_writer_engine(settings: Settings) -> Engine:

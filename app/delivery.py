@@ -30,7 +30,7 @@ from app.destinations import path_is_token
 from app.models import Destination, LogEvent
 from app.payloads import is_header_value, message_id, render_body, signing_key
 from app.retry import Outcome, RetryPolicy, excerpt, parse_retry_after, verdict_of
-from app.stopping import wait_or_stop
+from app.stopping import Backoff, Wait, wait_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -226,25 +226,29 @@ def signed_headers(target: Target, body: bytes, msg_id: str) -> dict[str, str]:
     return headers
 
 
-async def run_delivery_loop(context: Context, stop: asyncio.Event) -> None:
+async def run_delivery_loop(context: Context, stop: asyncio.Event, *, wait: Wait = wait_or_stop) -> None:
     """Keep one delivery loop per enabled destination until `stop` is set."""
     loops: dict[int, asyncio.Task[None]] = {}
     enabled: set[int] = set()
+    backoff = Backoff(context.settings.delivery_poll_interval)
     try:
         while not stop.is_set():
+            pause = backoff.base
             try:
                 ids = await enabled_destination_ids(context)
                 enabled.clear()  # mutated in place: the destination loops watch this set
                 enabled.update(ids)
+                backoff.succeeded()
             except Exception:
                 log.exception("could not list destinations")
+                pause = backoff.failed()
             for destination_id in enabled:
                 task = loops.get(destination_id)
                 if task is None or task.done():
                     loops[destination_id] = asyncio.create_task(
-                        _destination_loop(context, destination_id, enabled, stop)
+                        _destination_loop(context, destination_id, enabled, stop, wait)
                     )
-            await wait_or_stop(stop, context.settings.delivery_poll_interval)
+            await wait(stop, pause)
     finally:
         # On stop, let each destination finish its round so that outcomes are recorded; a round still
         # running after the grace is cancelled and gives its unanswered rows back.
@@ -259,17 +263,19 @@ async def run_delivery_loop(context: Context, stop: asyncio.Event) -> None:
 
 
 async def _destination_loop(
-    context: Context, destination_id: int, enabled: set[int], stop: asyncio.Event
+    context: Context, destination_id: int, enabled: set[int], stop: asyncio.Event, wait: Wait
 ) -> None:
-    interval = context.settings.delivery_poll_interval
+    backoff = Backoff(context.settings.delivery_poll_interval)
     while not stop.is_set() and destination_id in enabled:
         try:
             settled = await deliver_destination_once(context, destination_id)
         except Exception:
             log.exception("delivery round failed", extra={"destination_id": destination_id})
-            settled = 0
+            await wait(stop, backoff.failed())
+            continue
+        backoff.succeeded()
         if not settled:
-            await wait_or_stop(stop, interval)
+            await wait(stop, backoff.base)
 
 
 async def enabled_destination_ids(context: Context) -> list[int]:

@@ -8,8 +8,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 
+from app.db import is_unavailable
 from app.responses import JSONResponse
 
 log = logging.getLogger(__name__)
@@ -84,9 +86,15 @@ def error_response(
 
 
 def render_error(exc: Exception) -> JSONResponse:
-    """The JSON answer for an AppError, or a logged 500 for anything else."""
+    """The JSON answer for an AppError, a 503 while the database is unavailable, or a logged 500 for
+    anything else."""
     if isinstance(exc, AppError):
         return error_response(exc.status_code, exc.error, exc.detail, exc.headers)
+    if is_unavailable(exc):
+        # By class name only: a driver's message may quote the statement.
+        log.warning("database unavailable: %s", type(exc).__name__)
+        detail = f"the database is not answering ({type(exc).__name__}); retry"
+        return error_response(Unavailable.status_code, Unavailable.error, detail)
     log.error("unhandled error", exc_info=exc)
     return error_response(500, "internal_error", "an unexpected error occurred; it has been logged")
 
@@ -117,4 +125,8 @@ def add_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _render)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    # Database errors by their own classes, so that a 503 is an answer like any other rather than a
+    # server error that Starlette re-raises to the server's log.
+    app.add_exception_handler(SQLAlchemyError, _render)
+    app.add_exception_handler(OSError, _render)
     app.add_exception_handler(Exception, _render)

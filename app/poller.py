@@ -15,7 +15,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 
@@ -30,7 +30,7 @@ from app.config import Settings
 from app.context import Context, open_context
 from app.ingest import Batch, store_batches, to_rows
 from app.schedule import parse_schedule
-from app.stopping import wait_or_stop
+from app.stopping import Wait, wait_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,6 @@ MAX_RATE_WAIT = 60.0  # never trust a reset further away than this (clock skew);
 RATE_BACKOFF = 1.0  # seconds after a first 429 in a row, doubled for each further one
 MAX_RETRY_AFTER = 3600.0  # a Retry-After is honoured up to this
 LEASE_MARGIN = 60.0  # a SQLite lease outlives the pass budget by this much
-
-# How the poller pauses: wait_or_stop, or in tests one that only records the seconds.
-Wait = Callable[[asyncio.Event, float], Awaitable[None]]
 
 
 @dataclass(slots=True)

@@ -16,17 +16,22 @@ import logging
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.stopping import wait_or_stop
+from app.stopping import Backoff, Wait, wait_or_stop
 
 log = logging.getLogger(__name__)
 INTERVAL_SECONDS = 0.1
 
 
-async def run_checkpoints(engine: AsyncEngine, stop: asyncio.Event) -> None:
+async def run_checkpoints(engine: AsyncEngine, stop: asyncio.Event, *, wait: Wait = wait_or_stop) -> None:
+    backoff = Backoff(INTERVAL_SECONDS)
+    pause = INTERVAL_SECONDS
     while not stop.is_set():
-        await wait_or_stop(stop, INTERVAL_SECONDS)
+        await wait(stop, pause)
         try:
             async with engine.connect() as conn:
                 await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-        except Exception:  # a busy or failed checkpoint is retried on the next tick
+            backoff.succeeded()
+            pause = INTERVAL_SECONDS
+        except Exception:  # a failed checkpoint (a full disk) is retried, less often while it fails
             log.warning("WAL checkpoint failed", exc_info=True)
+            pause = backoff.failed()

@@ -197,15 +197,17 @@ async def read_metrics(client: httpx.AsyncClient) -> Samples:
 
 
 @contextlib.asynccontextmanager
-async def database_gone(live: LiveServer) -> AsyncIterator[None]:
-    """The server's engine closed and pointed at a database that cannot be reached, then restored."""
+async def database_gone(live: LiveServer, url: str | None = None) -> AsyncIterator[None]:
+    """The server's engine closed and pointed at a database that cannot be reached (by default, on a
+    port nothing listens on), then restored."""
     from sqlalchemy.ext.asyncio import create_async_engine
 
     context = live.context
     good = context.engine
-    url = "sqlite+aiosqlite:////nonexistent-dir/x/y.db"
-    if is_postgres():
-        url = "postgresql+asyncpg://postgres@127.0.0.1:1/nothing"
+    if url is None:
+        url = "sqlite+aiosqlite:////nonexistent-dir/x/y.db"
+        if is_postgres():
+            url = "postgresql+asyncpg://postgres@127.0.0.1:1/nothing"
     context.engine = create_async_engine(url)
     try:
         yield

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -140,7 +141,18 @@ async def list_events_route(
 )
 async def export_events(context: ContextDep, query: Filters) -> StreamingResponse:
     """Every matching event as JSON Lines, streamed in constant memory."""
-    return StreamingResponse(export_lines(context.engine, query), media_type="application/x-ndjson")
+    lines = export_lines(context.engine, query)
+    # The first page is read before the 200 is sent: a database that does not answer is a 503, not
+    # an empty 200 cut short.
+    first = await anext(lines, b"")
+    return StreamingResponse(_prepend(first, lines), media_type="application/x-ndjson")
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    async for chunk in rest:
+        yield chunk
 
 
 @router.get("/api/events/{log_id:path}", response_model=Event, responses=NOT_FOUND, summary="Get one event")

@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 import sqlite3
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import Pool
 
 from app.auth0.stream import to_event
 from app.committer import AsyncCommitter, Committer, SQLiteCommitter, _outcomes
@@ -156,3 +162,111 @@ def test_a_refused_group_is_retried_batch_by_batch() -> None:
     assert outcomes[1] is refused
     assert [type(o) for o in outcomes] == [StoreResult, IntegrityError, StoreResult]
     assert calls == [3, 1, 1, 1]
+
+
+# --- the writer when the disk or the lock fails it (SQLite) -----------------------------------------
+
+sqlite_only = pytest.mark.skipif(is_postgres(), reason="the SQLite writer thread")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path, sqlite_template: Path | None) -> Iterator[Path]:
+    """A copy of the migrated database on a real 4 MiB filesystem (tmpfs, which needs root to
+    mount), unmounted once the servers using it have stopped."""
+    where = tmp_path / "small"
+    where.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(where)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here: {mounted.stderr.decode().strip()}")
+    try:
+        assert sqlite_template is not None
+        yield Path(shutil.copy(sqlite_template, where / "logrelay.db"))
+    finally:
+        subprocess.run(["umount", "--lazy", str(where)], check=True)
+
+
+def fill(directory: Path) -> Path:
+    """A file that takes every free byte of the directory's filesystem."""
+    filler = directory / "filler"
+    with filler.open("wb", buffering=0) as sink, contextlib.suppress(OSError):  # ENOSPC: it is full
+        while True:
+            sink.write(b"\0" * 65536)
+    assert os.statvfs(directory).f_bavail == 0
+    return filler
+
+
+async def post(client: httpx.AsyncClient, events: list[dict[str, object]]) -> httpx.Response:
+    return await client.post("/api/logs", content=make_stream_body(events), headers=auth())
+
+
+def assert_retryable(response: httpx.Response) -> None:
+    assert response.status_code == 503, response.text
+    assert response.json()["error"] == "unavailable"
+    assert set(response.json()) == {"error", "detail"}
+
+
+@sqlite_only
+async def test_a_full_disk_is_a_503_and_the_writer_goes_on(
+    small_disk: Path, make_settings: Callable[..., Settings], start_server: Callable[..., Any]
+) -> None:
+    """The disk fills up under the database: what could not be committed is a 503 (Auth0 sends it
+    again), and once there is room the same writer stores the retry."""
+    live = await start_server(make_settings(database_url=f"sqlite:///{small_disk}"))
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=30) as client:
+        first = [make_event()]
+        assert (await post(client, first)).status_code == 200
+        filler = fill(small_disk.parent)
+        # Each body more than the whole WAL file holds, so that its commit must grow the file (a
+        # commit may reuse the WAL's room from its start once a checkpoint has copied it back).
+        pages = small_disk.with_name("logrelay.db-wal").stat().st_size // 4096 + 16
+        refused = [[make_event(description="x" * 4096) for _ in range(pages)] for _ in range(2)]
+        for response in await asyncio.gather(*(post(client, events) for events in refused)):
+            assert_retryable(response)
+        assert await stored_ids(live.context.engine) == {first[0]["log_id"]}
+
+        filler.unlink()
+        for events in refused:  # Auth0's retries
+            retried = await post(client, events)
+            assert retried.status_code == 200, retried.text
+            assert retried.json()["stored"] == len(events)
+        every = first + refused[0] + refused[1]
+        assert await stored_ids(live.context.engine) == {e["log_id"] for e in every}
+
+
+@contextlib.contextmanager
+def busy_timeout(milliseconds: int) -> Iterator[None]:
+    """The SQLite writer waits at most this long for a lock another connection holds (30 s in
+    service): set on each checkout of a synchronous SQLite connection, for the block."""
+
+    def shorten(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        if isinstance(dbapi_connection, sqlite3.Connection):
+            dbapi_connection.execute(f"PRAGMA busy_timeout={milliseconds}")
+
+    event.listen(Pool, "checkout", shorten)
+    try:
+        yield
+    finally:
+        event.remove(Pool, "checkout", shorten)
+
+
+@sqlite_only
+async def test_a_lock_held_past_the_busy_timeout_is_a_503_and_the_writer_goes_on(
+    client: httpx.AsyncClient, settings: Settings, engine: AsyncEngine
+) -> None:
+    """Another process keeps the write lock longer than the writer waits for it: the requests of the
+    group that gave up are 503s, and the writer stores their retries once the lock is free."""
+    refused = [[make_event()] for _ in range(4)]
+    with busy_timeout(50):
+        async with write_lock(engine, settings):
+            for response in await asyncio.gather(*(post(client, events) for events in refused)):
+                assert_retryable(response)
+        assert await stored_ids(engine) == set()
+        for events in refused:
+            retried = await post(client, events)
+            assert retried.status_code == 200, retried.text
+            assert retried.json()["stored"] == 1
+    assert await stored_ids(engine) == {events[0]["log_id"] for events in refused}

@@ -5,13 +5,12 @@ Every route needs the admin token. Secrets are accepted and never returned.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 
 from app import deliveries, destinations
-from app.api.deps import AdminAuth, ContextDep, DestinationId, StrictQuery, utc_range
+from app.api.deps import AdminAuth, ContextDep, DestinationId, IsoDateTime, StrictQuery, utc_range
 from app.destinations import DestinationCreate, DestinationPatch
 
 router = APIRouter(prefix="/api/destinations", tags=["destinations"], dependencies=[AdminAuth, StrictQuery])
@@ -66,8 +65,8 @@ async def delete_destination(destination_id: DestinationId, context: ContextDep)
 async def replay(
     destination_id: DestinationId,
     context: ContextDep,
-    since: Annotated[datetime | None, Query(description="Events dated at or after this time")] = None,
-    until: Annotated[datetime | None, Query(description="Events dated before this time")] = None,
+    since: Annotated[IsoDateTime | None, Query(description="Events dated at or after this time")] = None,
+    until: Annotated[IsoDateTime | None, Query(description="Events dated before this time")] = None,
     type: Annotated[str | None, Query(description="Codes or categories, comma-separated")] = None,
 ) -> dict[str, int]:
     """Queue stored events for this destination again (those already waiting are skipped)."""

@@ -109,3 +109,10 @@ async def test_health_answers_head_for_uptime_checks(relay: LiveServer) -> None:
             response = await anonymous.head(path)
             assert response.status_code == 200
             assert response.content == b""
+
+
+async def test_a_replay_date_must_be_iso_8601(api: httpx.AsyncClient) -> None:
+    destination = await add_destination(api, "https://x.example.com")
+    # Read as a Unix time, 20261101 would be 1970-08-23 and replay every event stored since.
+    response = await api.post(f"/api/destinations/{destination['id']}/replay", params={"since": "20261101"})
+    assert problems(response) == ["since"]

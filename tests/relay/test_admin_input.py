@@ -116,3 +116,26 @@ async def test_a_replay_date_must_be_iso_8601(api: httpx.AsyncClient) -> None:
     # Read as a Unix time, 20261101 would be 1970-08-23 and replay every event stored since.
     response = await api.post(f"/api/destinations/{destination['id']}/replay", params={"since": "20261101"})
     assert problems(response) == ["since"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"name": "\xff"}', "is not valid JSON: it is not UTF-8 text"),
+        (b"[" * 100_000 + b"]" * 100_000, "is nested too deeply"),
+        (b'{"name": ', "is not valid JSON: Expecting value at character 9"),
+    ],
+    ids=["not-utf8", "too-deep", "syntax"],
+)
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+async def test_a_body_that_is_not_json_is_named(
+    api: httpx.AsyncClient, method: str, body: bytes, message: str
+) -> None:
+    destination = await add_destination(api, "https://x.example.com")
+    path = "/api/destinations" if method == "POST" else f"/api/destinations/{destination['id']}"
+    response = await api.request(method, path, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json() == {
+        "error": "invalid_request",
+        "detail": [{"parameter": "body", "message": message}],
+    }

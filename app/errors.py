@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from app.responses import JSONResponse
 
@@ -111,7 +112,7 @@ def _problem(error: Any) -> dict[str, str]:
     return {"parameter": parameter or "body", "message": error["msg"]}
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 400 and exc.__cause__ is not None:
         # FastAPI's "There was an error parsing the body", raised from what it met reading a JSON
@@ -119,7 +120,24 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
         problem = {"parameter": "body", "message": _unreadable(exc.__cause__)}
         return error_response(422, "invalid_request", [problem])
     error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, error, exc.detail, getattr(exc, "headers", None))
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+    return error_response(exc.status_code, error, exc.detail, headers)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the path takes. Starlette's 405 names only those of the first route on the path,
+    and /api/destinations has one route per method (RFC 9110: Allow lists them all)."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    )
 
 
 def _unreadable(cause: BaseException) -> str:

@@ -139,3 +139,21 @@ async def test_a_body_that_is_not_json_is_named(
         "error": "invalid_request",
         "detail": [{"parameter": "body", "message": message}],
     }
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("PUT", "/api/destinations", "GET, POST"),
+        ("OPTIONS", "/api/destinations/1", "GET, PATCH, DELETE"),
+        ("GET", "/api/destinations/1/replay", "POST"),
+        ("POST", "/healthz", "GET, HEAD"),
+    ],
+)
+async def test_a_method_not_allowed_lists_every_method_the_path_takes(
+    api: httpx.AsyncClient, method: str, path: str, allowed: str
+) -> None:
+    response = await api.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allowed
+    assert response.json()["error"] == "method_not_allowed"

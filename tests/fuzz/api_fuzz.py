@@ -96,7 +96,9 @@ def seed(base: str, tokens: dict[str, str]) -> None:
         client.post(f"/api/destinations/{ids[0]}/replay", headers=admin).raise_for_status()
 
 
-def schemathesis(base: str, authorization: str, args: list[str], options: argparse.Namespace) -> int:
+def schemathesis(
+    base: str, authorization: str, args: list[str], options: argparse.Namespace, workdir: str
+) -> int:
     command = [
         str(BIN / "schemathesis"),
         "run",
@@ -113,7 +115,7 @@ def schemathesis(base: str, authorization: str, args: list[str], options: argpar
         "30",
         *args,
     ]
-    return subprocess.run(command, check=False).returncode
+    return subprocess.run(command, cwd=workdir, check=False).returncode  # its cache goes there too
 
 
 def main() -> int:
@@ -150,7 +152,9 @@ def main() -> int:
                 time.sleep(0.2)
             seed(base, tokens)
             time.sleep(2)  # the replayed rows fail twice and go to dead letter
-            results = [schemathesis(base, f"Bearer {tokens[token]}", args, options) for token, args in RUNS]
+            results = [
+                schemathesis(base, f"Bearer {tokens[token]}", args, options, workdir) for token, args in RUNS
+            ]
         finally:
             server.terminate()
             server.wait(timeout=60)

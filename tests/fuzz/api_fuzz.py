@@ -1,10 +1,10 @@
 """Fuzz the HTTP API against its own OpenAPI document with schemathesis (not collected by pytest).
 
 Starts `logrelay serve` on 127.0.0.1 with a fresh data directory and its own tokens, seeds it (events,
-a quarantined line, two destinations, dead letters), then runs schemathesis three times: every
-operation but the receiver with the ADMIN_TOKEN, POST /api/logs with the LOG_STREAM_TOKEN, and every
-operation with the API_TOKEN (admin routes must refuse it as documented). It fails when a run finds a
-problem or the server logs an error.
+a quarantined line, two destinations, dead letters), then runs schemathesis: every operation but the
+receiver with the ADMIN_TOKEN (/api/stats in a run of its own, see below), POST /api/logs with the
+LOG_STREAM_TOKEN, and every operation with the API_TOKEN (admin routes must refuse it as documented).
+It fails when a run finds a problem or the server logs an error.
 
     pip install -e ".[test,fuzz]"
     python tests/fuzz/api_fuzz.py                                     # SQLite, in a temporary directory
@@ -14,9 +14,11 @@ A PostgreSQL database is migrated and filled: give it one of its own. `positive_
 left out: the API refuses schema-valid values by rules JSON Schema does not hold (`until` after
 `since`, a cursor from a previous page, an http(s) URL with a host), each a 4xx naming the parameter.
 
-Known false positive (schemathesis 4.32.5, issue 3056 upstream): with the default seed, the admin run
-reports ST201 for `GET /api/stats?type=false&user_name=null`, taking `false` and `null` for a boolean
-and a null; in a query they are text, and a type code or user name that matches no event is no error.
+A known false positive (schemathesis 4.32.5, issue 3056 upstream) is kept out: with the default seed,
+`negative_data_rejection` flags `GET /api/stats?type=false&user_name=null`, taking `false` and `null`
+for a boolean and a null; in a query they are text, and a type code or user name that matches no event
+is no error. So /api/stats has an admin run of its own without that check. Another seed may meet the
+same limitation on another free-text query parameter.
 """
 
 from __future__ import annotations
@@ -40,7 +42,17 @@ CLOSED_PORT = 9  # discard: nothing listens here, so deliveries fail and become 
 RUNS = [
     (
         "ADMIN_TOKEN",
-        ["--checks", "all", "--exclude-checks", "positive_data_acceptance", "--exclude-path", "/api/logs"],
+        [
+            *("--checks", "all", "--exclude-checks", "positive_data_acceptance"),
+            *("--exclude-path", "/api/logs", "--exclude-path", "/api/stats"),
+        ],
+    ),
+    (
+        "ADMIN_TOKEN",
+        [
+            *("--checks", "all", "--exclude-checks", "positive_data_acceptance,negative_data_rejection"),
+            *("--include-path", "/api/stats"),
+        ],
     ),
     ("LOG_STREAM_TOKEN", ["--checks", "all", "--include-path", "/api/logs"]),
     (

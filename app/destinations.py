@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 from sqlalchemy import and_, case, delete, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -140,26 +140,38 @@ def split_types(values: list[str]) -> tuple[list[str], list[str]]:
     return [v for v in values if v in LOG_TYPES], [v for v in values if v in CATEGORIES]
 
 
+def _not_null(schema: dict[str, JsonValue]) -> None:
+    """The schema of a PATCH field that may be left out but not set to null: without the null
+    (branch and default) that its `X | None`, which tells "left out" from a value, brings."""
+    branches = schema.pop("anyOf")
+    schema.pop("default", None)
+    assert isinstance(branches, list)
+    (value,) = (branch for branch in branches if branch != {"type": "null"})
+    assert isinstance(value, dict)
+    schema.update(value)
+
+
 class DestinationPatch(BaseModel):
     """Fields of a destination; every one optional (PATCH). Secrets: null clears, absent keeps."""
 
     # A misspelt field ("signing_secrets") is an error: ignored, it would look like a change made.
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(None, min_length=1, max_length=200)
-    url: str | None = None
-    kind: Literal["http", "slack"] | None = None
+    # Fields no destination can be without (NOT_NULL, refused by name when null) say so: _not_null.
+    name: str | None = Field(None, min_length=1, max_length=200, json_schema_extra=_not_null)
+    url: str | None = Field(None, json_schema_extra=_not_null)
+    kind: Literal["http", "slack"] | None = Field(None, json_schema_extra=_not_null)
     authorization: str | None = None
     headers: dict[str, str] | None = None  # replaces every extra header; {} or null: none
     signing_secret: str | None = None
     types: list[str] | None = None
     categories: list[str] | None = None
     api_endpoints: list[str] | None = None
-    payload: Literal["event", "mgmt_webhook", "raw"] | None = None
-    send_as_batch: bool | None = None
-    batch_size: int | None = Field(None, ge=1, le=1000)
-    concurrent_calls: int | None = Field(None, ge=1, le=100)
-    enabled: bool | None = None
+    payload: Literal["event", "mgmt_webhook", "raw"] | None = Field(None, json_schema_extra=_not_null)
+    send_as_batch: bool | None = Field(None, json_schema_extra=_not_null)
+    batch_size: int | None = Field(None, ge=1, le=1000, json_schema_extra=_not_null)
+    concurrent_calls: int | None = Field(None, ge=1, le=100, json_schema_extra=_not_null)
+    enabled: bool | None = Field(None, json_schema_extra=_not_null)
     # Not a column: how long the secret that `signing_secret` replaces goes on signing beside it
     # (default SIGNING_SECRET_GRACE). 0 ends an overlap at once, as after a leak.
     signing_secret_grace: timedelta | None = Field(None, ge=timedelta(0), le=timedelta(days=30))

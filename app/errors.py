@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from app.db import is_unavailable
 from app.responses import JSONResponse
@@ -105,20 +106,54 @@ async def _render(_: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    problems = [
-        {
-            "parameter": ".".join(str(p) for p in e["loc"] if p not in ("query", "body", "path")) or "body",
-            "message": e["msg"],
+    return error_response(422, "invalid_request", [_problem(e) for e in exc.errors()])
+
+
+def _problem(error: Any) -> dict[str, str]:
+    if error["type"] == "json_invalid":  # its loc is ("body", offset): no parameter to name but the body
+        position = error["loc"][-1]
+        return {
+            "parameter": "body",
+            "message": f"is not valid JSON: {error['ctx']['error']} at character {position}",
         }
-        for e in exc.errors()
-    ]
-    return error_response(422, "invalid_request", problems)
+    parameter = ".".join(str(p) for p in error["loc"] if p not in ("query", "body", "path"))
+    return {"parameter": parameter or "body", "message": error["msg"]}
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 400 and exc.__cause__ is not None:
+        # FastAPI's "There was an error parsing the body", raised from what it met reading a JSON
+        # body; a 422 that names the body and says why, as for a JSON syntax error.
+        problem = {"parameter": "body", "message": _unreadable(exc.__cause__)}
+        return error_response(422, "invalid_request", [problem])
     error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, error, exc.detail, getattr(exc, "headers", None))
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+    return error_response(exc.status_code, error, exc.detail, headers)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the path takes. Starlette's 405 names only those of the first route on the path,
+    and /api/destinations has one route per method (RFC 9110: Allow lists them all)."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    )
+
+
+def _unreadable(cause: BaseException) -> str:
+    if isinstance(cause, UnicodeDecodeError):
+        return "is not valid JSON: it is not UTF-8 text"
+    if isinstance(cause, RecursionError):
+        return "is nested too deeply"
+    return "could not be read as JSON"
 
 
 def add_exception_handlers(app: FastAPI) -> None:

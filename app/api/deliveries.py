@@ -8,8 +8,14 @@ from fastapi import APIRouter, Query
 
 from app import deliveries
 from app.api.deps import MAX_DELIVERY_ID, MAX_DESTINATION_ID, AdminAuth, ContextDep, DeliveryId, StrictQuery
+from app.api.error_docs import ADMIN_ERRORS, error
 
-router = APIRouter(prefix="/api/deliveries", tags=["deliveries"], dependencies=[AdminAuth, StrictQuery])
+router = APIRouter(
+    prefix="/api/deliveries",
+    tags=["deliveries"],
+    dependencies=[AdminAuth, StrictQuery],
+    responses=ADMIN_ERRORS,
+)
 
 
 @router.get("")
@@ -31,7 +37,10 @@ async def list_deliveries(
         )
 
 
-@router.post("/{delivery_id}/retry")
+@router.post(
+    "/{delivery_id}/retry",
+    responses={404: error("No delivery with this id."), 409: error("The delivery is being sent right now.")},
+)
 async def retry_delivery(delivery_id: DeliveryId, context: ContextDep) -> dict[str, Any]:
     """Send this row again as soon as possible, with fresh attempts."""
     async with context.engine.begin() as conn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from types import UnionType
@@ -10,6 +11,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from fastapi import Depends, Path, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
+from pydantic import BeforeValidator
 
 from app.context import Context
 from app.errors import Forbidden, Unauthorized, Unprocessable
@@ -30,6 +32,21 @@ MAX_DESTINATION_ID = 2**31 - 1
 MAX_DELIVERY_ID = 2**63 - 1
 DestinationId = Annotated[int, Path(ge=1, le=MAX_DESTINATION_ID)]
 DeliveryId = Annotated[int, Path(ge=1, le=MAX_DELIVERY_ID)]
+
+
+_ISO_DATE = re.compile(r"\d{4}-")
+
+
+def _iso_8601(value: object) -> object:
+    # pydantic also reads a number as a Unix time: `since=20261101` (a date without its dashes) would
+    # be 1970-08-23, and the answer would cover another range than the one asked without a word.
+    if isinstance(value, str) and not _ISO_DATE.match(value):
+        raise ValueError("must be an ISO 8601 date or date-time, such as 2026-11-01T00:00:00Z")
+    return value
+
+
+# A date or date-time parameter: ISO 8601 only.
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_8601)]
 
 
 def utc_range(since: datetime | None, until: datetime | None) -> tuple[datetime | None, datetime | None]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.api.error_docs import READ_ERRORS, Responses, error
 from app.auth0.catalog import Category
 
 _EVENT_EXAMPLE: dict[str, Any] = {
@@ -92,26 +93,8 @@ class Stats(BaseModel):
     buckets: list[Bucket]
 
 
-class ErrorBody(BaseModel):
-    error: str = Field(examples=["invalid_request"])
-    detail: Any = Field(
-        examples=[[{"parameter": "limit", "message": "Input should be less than or equal to 1000"}]]
-    )
-
-
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "No such event."}}
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {
-        "model": ErrorBody,
-        "description": "A malformed parameter, such as a cursor not issued by this API.",
-    },
-    401: {
-        "model": ErrorBody,
-        "description": "No valid read token (API_TOKEN or ADMIN_TOKEN) as a Bearer token.",
-    },
-    403: {"model": ErrorBody, "description": "A valid token of another scope (LOG_STREAM_TOKEN)."},
-    422: {
-        "model": ErrorBody,
-        "description": "A parameter out of range or of the wrong form; `detail` names it.",
-    },
+NOT_FOUND: Responses = {404: error("No such event.")}
+ERRORS: Responses = {
+    400: error("A malformed parameter, such as a cursor not issued by this API."),
+    **READ_ERRORS,
 }

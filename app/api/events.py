@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import ContextDep, ReadAuth, StrictQuery, utc_range
+from app.api.deps import ContextDep, IsoDateTime, ReadAuth, StrictQuery, utc_range
 from app.api.event_models import ERRORS, NOT_FOUND, Event, EventPage, Stats
 from app.auth0.catalog import Category
 from app.cursor import MAX_CURSOR_LENGTH, decode_cursor, encode_cursor
@@ -61,14 +61,14 @@ def event_query(
     ] = None,
     ip: Annotated[str | None, _text("Exact client IP address.", "81.2.69.143")] = None,
     since: Annotated[
-        datetime | None,
+        IsoDateTime | None,
         Query(
             description="Events dated at or after this instant (ISO 8601; no offset means UTC).",
             examples=["2026-11-01T00:00:00Z"],
         ),
     ] = None,
     until: Annotated[
-        datetime | None,
+        IsoDateTime | None,
         Query(
             description="Events dated before this instant (ISO 8601; no offset means UTC).",
             examples=["2026-11-23T00:00:00Z"],

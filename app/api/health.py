@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from sqlalchemy import text
 
 from app.api.deps import ContextDep
+from app.api.error_docs import error
 from app.errors import Unavailable
 
 router = APIRouter(tags=["health"])
@@ -17,7 +18,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: error("The database does not answer.")})
 async def readyz(context: ContextDep) -> dict[str, str]:
     """The database answers."""
     try:

@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from app import metrics
 from app.api.deps import authorize
+from app.api.error_docs import Responses, error
 from app.auth0.stream import BodyError, ParsedBody, parse_body
 from app.context import Context
 from app.errors import (
@@ -36,8 +37,7 @@ PATH = "/api/logs"
 # Bodies larger than this are inflated and parsed on a thread, so that the event loop keeps serving.
 _INLINE_PARSE_BYTES = 256 * 1024
 
-_ERROR = {"content": {"application/json": {"example": {"error": "...", "detail": "..."}}}}
-_RESPONSES: dict[int | str, dict[str, object]] = {
+_RESPONSES: Responses = {
     200: {
         "description": "Every event is committed. Bad lines or items are listed and quarantined.",
         "content": {
@@ -53,16 +53,42 @@ _RESPONSES: dict[int | str, dict[str, object]] = {
             }
         },
     },
-    400: {"description": "Nothing in the body is usable; `detail` names the line or offset.", **_ERROR},
-    401: {"description": "A missing or wrong token.", **_ERROR},
-    403: {"description": "API_TOKEN or ADMIN_TOKEN, which cannot ingest.", **_ERROR},
-    413: {"description": "The body (or its decompressed form) exceeds MAX_BODY_BYTES.", **_ERROR},
-    415: {"description": "A Content-Encoding other than gzip.", **_ERROR},
-    503: {"description": "The database did not take the events; the sender should retry.", **_ERROR},
+    400: error("Nothing in the body is usable; `detail` names the line or offset."),
+    401: error("A missing or wrong token."),
+    403: error("API_TOKEN or ADMIN_TOKEN, which cannot ingest."),
+    413: error("The body (or its decompressed form) exceeds MAX_BODY_BYTES."),
+    415: error("A Content-Encoding other than gzip."),
+    503: error("The database did not take the events; the sender should retry."),
+}
+# The route reads its body itself (FastAPI sees no body parameter), so the document says what it takes.
+_BODY = {
+    "required": True,
+    "description": "JSON Lines (one event per line, as Auth0 sends it, also labelled application/json), "
+    'a JSON array of events, or a JSON object: `{"logs": [...]}` or one event. '
+    "`Content-Encoding: gzip` is accepted.",
+    "content": {
+        "application/json": {
+            # An array with an event in it: items that are not events are quarantined, not refused.
+            "schema": {
+                "anyOf": [
+                    {"type": "array", "anyOf": [{"maxItems": 0}, {"contains": {"type": "object"}}]},
+                    {"type": "object"},
+                ]
+            },
+            "example": {
+                "log_id": "90020261123100000000000000001",
+                "data": {
+                    "date": "2026-11-23T10:00:00.000Z",
+                    "type": "fp",
+                    "log_id": "90020261123100000000000000001",
+                },
+            },
+        }
+    },
 }
 
 
-@router.post(PATH, response_class=JSONResponse, responses=_RESPONSES)
+@router.post(PATH, response_class=JSONResponse, responses=_RESPONSES, openapi_extra={"requestBody": _BODY})
 async def receive_logs(request: Request) -> JSONResponse:
     """Store a log stream body (JSON Lines, array or object); answers after the commit."""
     # Takes only the Request, so IngestFastPath can call it without FastAPI's routing.

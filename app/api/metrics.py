@@ -6,11 +6,20 @@ from fastapi import APIRouter, Response
 
 from app import metrics
 from app.api.deps import ContextDep, ReadAuth, StrictQuery
+from app.api.error_docs import READ_ERRORS
 
 router = APIRouter(tags=["metrics"])
 
 
-@router.get("/metrics", dependencies=[ReadAuth, StrictQuery], response_class=Response)
+@router.get(
+    "/metrics",
+    dependencies=[ReadAuth, StrictQuery],
+    response_class=Response,
+    responses={
+        200: {"description": "Prometheus' text format.", "content": {"text/plain": {}}},
+        **READ_ERRORS,
+    },
+)
 async def get_metrics(context: ContextDep) -> Response:
     """Counters of this service and the outbox, destination and poller state, for Prometheus."""
     settings = context.settings

@@ -8,13 +8,14 @@ from fastapi import APIRouter
 
 from app import poller, poller_state
 from app.api.deps import AdminAuth, ContextDep, ReadAuth, StrictQuery
+from app.api.error_docs import ADMIN_ERRORS, READ_ERRORS, error
 from app.errors import Conflict
 
 router = APIRouter(tags=["poller"])
 
 
 # The token first, then the query: an anonymous request learns nothing of the parameters.
-@router.get("/api/poller", dependencies=[ReadAuth, StrictQuery])
+@router.get("/api/poller", dependencies=[ReadAuth, StrictQuery], responses=READ_ERRORS)
 async def get_poller(context: ContextDep) -> dict[str, Any]:
     """The poller's checkpoint, its last run and how far it trails real time."""
     settings = context.settings
@@ -23,7 +24,14 @@ async def get_poller(context: ContextDep) -> dict[str, Any]:
     return {"enabled": bool(settings.auth0_domain), "schedule": settings.poll_schedule, **status}
 
 
-@router.post("/api/poller/run", dependencies=[AdminAuth, StrictQuery])
+@router.post(
+    "/api/poller/run",
+    dependencies=[AdminAuth, StrictQuery],
+    responses={
+        **ADMIN_ERRORS,
+        409: error("The poller is not configured (AUTH0_DOMAIN), or another pass is running."),
+    },
+)
 async def run_poller(context: ContextDep) -> dict[str, Any]:
     """Run one poll pass now and answer with its result (bounded by POLL_MAX_RUN_SECONDS)."""
     if not context.settings.auth0_domain:

@@ -45,6 +45,10 @@ BAD: list[tuple[str, dict[str, object], int, str]] = [
     ("/api/events", {"user_id": ["a", "b"]}, 422, "user_id"),
     ("/api/events", {"type": ", "}, 422, "type"),
     ("/api/stats", {"since": "2999-01-01T00:00:00Z"}, 422, "since"),
+    # A number is no ISO 8601 date: read as a Unix time, a date without its dashes would be 1970.
+    ("/api/events", {"since": "20261101"}, 422, "since"),
+    ("/api/events/export", {"until": "1700000000"}, 422, "until"),
+    ("/api/stats", {"until": "0.5"}, 422, "until"),
 ]
 
 
@@ -105,6 +109,16 @@ async def test_read_and_admin_tokens_read(client: httpx.AsyncClient, token: str)
     assert exported == expected_ids(events)
     assert answers[f"/api/events/{events[0]['log_id']}"].json()["data"] == events[0]
     assert answers["/api/stats"].json()["total"] == 2
+
+
+async def test_a_date_without_a_time_is_midnight_utc(client: httpx.AsyncClient) -> None:
+    events = varied_events(48)
+    await seed(client, events)
+    response = await client.get("/api/events", params={"since": "2026-11-21", "limit": 1000}, headers=READ)
+    assert response.status_code == 200, response.text
+    kept = expected_ids(events, since="2026-11-21T00:00:00+00:00")
+    assert 0 < len(kept) < len(events)
+    assert [e["log_id"] for e in response.json()["events"]] == kept
 
 
 async def test_log_id_with_a_nul_is_not_found(client: httpx.AsyncClient) -> None:

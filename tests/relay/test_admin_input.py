@@ -109,3 +109,51 @@ async def test_health_answers_head_for_uptime_checks(relay: LiveServer) -> None:
             response = await anonymous.head(path)
             assert response.status_code == 200
             assert response.content == b""
+
+
+async def test_a_replay_date_must_be_iso_8601(api: httpx.AsyncClient) -> None:
+    destination = await add_destination(api, "https://x.example.com")
+    # Read as a Unix time, 20261101 would be 1970-08-23 and replay every event stored since.
+    response = await api.post(f"/api/destinations/{destination['id']}/replay", params={"since": "20261101"})
+    assert problems(response) == ["since"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"name": "\xff"}', "is not valid JSON: it is not UTF-8 text"),
+        (b"[" * 100_000 + b"]" * 100_000, "is nested too deeply"),
+        (b'{"name": ', "is not valid JSON: Expecting value at character 9"),
+    ],
+    ids=["not-utf8", "too-deep", "syntax"],
+)
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+async def test_a_body_that_is_not_json_is_named(
+    api: httpx.AsyncClient, method: str, body: bytes, message: str
+) -> None:
+    destination = await add_destination(api, "https://x.example.com")
+    path = "/api/destinations" if method == "POST" else f"/api/destinations/{destination['id']}"
+    response = await api.request(method, path, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json() == {
+        "error": "invalid_request",
+        "detail": [{"parameter": "body", "message": message}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("PUT", "/api/destinations", "GET, POST"),
+        ("OPTIONS", "/api/destinations/1", "GET, PATCH, DELETE"),
+        ("GET", "/api/destinations/1/replay", "POST"),
+        ("POST", "/healthz", "GET, HEAD"),
+    ],
+)
+async def test_a_method_not_allowed_lists_every_method_the_path_takes(
+    api: httpx.AsyncClient, method: str, path: str, allowed: str
+) -> None:
+    response = await api.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allowed
+    assert response.json()["error"] == "method_not_allowed"

@@ -398,6 +398,38 @@ async def test_deep_item_without_an_id_is_rejected_alone(
     assert [orjson.loads(r.raw) for r in await quarantined(engine)] == [orjson.loads(deep)]
 
 
+BEYOND = {
+    "1e400": b"1e400",
+    "-1e400": b"-1e400",
+    "400-digits": b"9" * 400,
+    "depth-1100": b"[" * 1100 + b"]" * 1100,
+}
+
+
+@pytest.mark.parametrize("value", BEYOND)
+@pytest.mark.parametrize("fmt", ["jsonl", "array", "object"])
+async def test_a_value_orjson_cannot_hold_fails_only_its_item(
+    client: httpx.AsyncClient, engine: AsyncEngine, value: str, fmt: str
+) -> None:
+    """A number beyond a double's range or nesting past 1024 levels is valid JSON that orjson refuses:
+    it failed the whole array or page (a 400 that lost every good event in it), one line in JSON Lines."""
+    good = [make_event(), make_event()]
+    bad = b'{"log_id": "odd", "data": {"type": "f", "details": {"n": ' + BEYOND[value] + b"}}}"
+    lines = [orjson.dumps(envelope(good[0])), bad, orjson.dumps(envelope(good[1]))]
+    body = b"\n".join(lines) + b"\n" if fmt == "jsonl" else b"[" + b",".join(lines) + b"]"
+    if fmt == "object":
+        body = b'{"logs": ' + body + b"}"
+    response = await client.post("/api/logs", content=body, headers=auth())
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert (answer["received"], answer["stored"], answer["rejected"]) == (3, 2, 1)
+    (error,) = answer["errors"]
+    assert error.get("line") == 2 if fmt == "jsonl" else error.get("item") == 1, error
+    assert "infinity" in error["reason"] or "depth" in error["reason"], error
+    assert await stored_ids(engine) == {e["log_id"] for e in good}
+    assert [r.raw for r in await quarantined(engine)] == [bad]
+
+
 async def test_huge_value_over_max_event_bytes(small: httpx.AsyncClient, engine: AsyncEngine) -> None:
     good = make_event()
     huge = make_event(description="x" * 3000)  # MAX_EVENT_BYTES is 2048 here

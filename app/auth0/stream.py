@@ -91,7 +91,7 @@ def parse_body(body: bytes, max_event_bytes: int) -> ParsedBody:
             if not parsed.events and parsed.rejected[0].reason.startswith("invalid JSON"):
                 raise BodyError(where) from None
     else:
-        parsed = _parse_document(document, max_event_bytes)
+        parsed = _parse_document(document, body, max_event_bytes)
     if not parsed.events and parsed.rejected:
         first = parsed.rejected[0]
         where = "line" if parsed.framing == "jsonl" else "item"
@@ -119,7 +119,7 @@ def _parse_lines(body: bytes, max_event_bytes: int) -> ParsedBody:
     return parsed
 
 
-def _parse_document(document: object, max_event_bytes: int) -> ParsedBody:
+def _parse_document(document: object, body: bytes, max_event_bytes: int) -> ParsedBody:
     if isinstance(document, list):
         parsed, items = ParsedBody("array"), document
     elif isinstance(document, dict):
@@ -130,6 +130,13 @@ def _parse_document(document: object, max_event_bytes: int) -> ParsedBody:
         raise BodyError(f"the body is a JSON {_kind(document)}; expected an object, an array or JSON Lines")
     for index, item in enumerate(items):
         _add_item(parsed, index, item, None, max_event_bytes)
+    if any(not rejected.raw for rejected in parsed.rejected):
+        # An item too deep for json to write again either (it recurses, to about 1,000 levels) is
+        # quarantined as sent.
+        split = _split_items(body)
+        sent = split[1] if split else [body.strip()]
+        for rejected in parsed.rejected if len(sent) == len(items) else ():
+            rejected.raw = rejected.raw or sent[rejected.position]
     return parsed
 
 

@@ -333,3 +333,16 @@ def test_a_lone_surrogate_follows_the_same_rules_for_numbers_and_depth() -> None
     ]
     assert "infinity" in parsed.rejected[0].reason
     assert "255 levels" in parsed.rejected[2].reason
+
+
+@pytest.mark.parametrize("framing", ["array", "object"])
+def test_an_item_too_deep_for_json_to_write_is_quarantined_as_sent(framing: str) -> None:
+    """orjson writes 255 levels and json about 1,000: an item deeper than both was quarantined empty."""
+    good = orjson.dumps(envelope(make_event()))
+    deep = b'{"log_id": "deep", "data": {"n": ' + b"[" * 1010 + b"]" * 1010 + b"}}"
+    items = b"[" + good + b", " + deep + b"]"
+    parsed = parse_body(items if framing == "array" else b'{"logs": ' + items + b"}", MAX)
+    assert len(parsed.events) == 1
+    assert [(r.position, r.raw) for r in parsed.rejected] == [(1, deep)]
+    with pytest.raises(BodyError, match="255 levels"):
+        parse_body(b" " + deep, MAX)

@@ -229,7 +229,7 @@ def _add_item(
         return
     try:
         event = to_event(item)
-        event.encoded = encode(event.data)
+        event.encoded = _compact(encode(event.data))
     except UnencodableEvent as exc:
         parsed.rejected.append(Rejected(position, str(exc), raw or verbatim(item)))
         return
@@ -258,13 +258,19 @@ def encode(data: dict[str, Any], option: int | None = None) -> bytes:
 def verbatim(item: object) -> bytes:
     """An item of an array or object body as JSON again, to keep in quarantine."""
     try:
-        return orjson.dumps(item)
+        return _compact(orjson.dumps(item))
     except TypeError:
         pass
     try:
         return json.dumps(item).encode()  # no 255-level limit; \u-escapes whatever orjson cannot write
     except RecursionError:
         return b""
+
+
+def _compact(data: bytes) -> bytes:
+    """A copy the size of its content: orjson hands back its whole working buffer (4 KiB or more,
+    however short the JSON), and a body's events and rejected items live until it is stored."""
+    return bytes(memoryview(data))
 
 
 def _loads(data: bytes) -> Any:

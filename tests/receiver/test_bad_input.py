@@ -130,6 +130,24 @@ async def test_corrupt_gzip(client: httpx.AsyncClient, engine: AsyncEngine, body
     assert await count_events(engine) == 0
 
 
+async def test_gzip_zero_padding_is_read_and_trailing_garbage_named(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """Zero bytes after a gzip member are padding (`gzip -d` and Python's gzip module skip them);
+    anything else after it is refused, naming where the gzip data stops."""
+    headers = auth() | {"Content-Encoding": "gzip"}
+    event = make_event()
+    member = gzip.compress(make_stream_body([event]))
+    response = await client.post("/api/logs", content=member + bytes(512), headers=headers)
+    assert response.status_code == 200, response.text
+    assert await stored_ids(engine) == {event["log_id"]}
+
+    padded_garbage = member + bytes(3) + b"not gzip"
+    detail = assert_error(await client.post("/api/logs", content=padded_garbage, headers=headers), 400)
+    assert f"not valid gzip from byte {len(member) + 3} on" in detail, detail
+    assert await count_events(engine) == 1
+
+
 @pytest.mark.parametrize("encoding", ["br", "deflate", "compress", "zstd", "gzip, gzip"])
 async def test_unsupported_content_encoding(client: httpx.AsyncClient, encoding: str) -> None:
     body = make_stream_body([make_event()])

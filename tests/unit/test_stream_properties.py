@@ -11,7 +11,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.auth0.stream import BodyError, ParsedBody, Rejected, parse_body, to_event
+from app.auth0.stream import BodyError, ParsedBody, Rejected, _split_items, parse_body, to_event
 from app.db import RawJSON
 from app.ingest import _NUL, MAX_COLUMN_CHARS, MAX_LOG_ID_CHARS, _raw_json, _sqlite_datetime, to_rows
 from tests.fuzz import DETERMINISTIC, ITEMS, frame, mixed_body, not_an_object
@@ -100,3 +100,40 @@ def test_no_good_line_is_lost_beside_garbage(
     assert result is not None
     _, stored, _ = result
     assert {to_event(item).log_id for item in good} <= set(stored)
+
+
+# Text full of what the splitter must not take for structure.
+_tricky = st.text(alphabet=st.sampled_from(list('ab"\\[]{},: \n\u00e9\U0001f600')), max_size=8)
+_tricky_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | _tricky,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_tricky, inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@DETERMINISTIC
+@given(
+    st.lists(_tricky_values, max_size=5), st.dictionaries(_tricky, _tricky_values, max_size=2), st.booleans()
+)
+def test_items_cut_from_an_array_or_a_page_are_those_orjson_reads(
+    items: list[object], fields: dict[str, object], pretty: bool
+) -> None:
+    """What a body with a value orjson refuses is cut into: checked on bodies orjson reads whole."""
+    option = orjson.OPT_INDENT_2 if pretty else None
+    page = {
+        key: value
+        for key, value in fields.items()
+        if key not in ("logs", "log_id", "_id", "data", "type", "date")
+    }
+    for framing, body in (
+        ("array", orjson.dumps(items, option=option)),
+        ("object", orjson.dumps({**page, "logs": items}, option=option)),
+    ):
+        split = _split_items(body)
+        assert split is not None, body
+        assert split[0] == framing
+        assert [orjson.loads(item) for item in split[1]] == items

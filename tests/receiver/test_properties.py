@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import auth
-from tests.fuzz import DETERMINISTIC, mixed_body
 from tests.receiver.support import count_events, quarantined, stored_ids
+from tests.strategies import DETERMINISTIC, mixed_body
 
 Example = tuple[bytes, list[str], int, bool]
 # The client and the database are the same for every example: each checks what it added.

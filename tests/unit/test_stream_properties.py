@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from app.auth0.stream import BodyError, ParsedBody, Rejected, _split_items, parse_body, to_event
 from app.db import RawJSON
 from app.ingest import _NUL, MAX_COLUMN_CHARS, MAX_LOG_ID_CHARS, _raw_json, _sqlite_datetime, to_rows
-from tests.fuzz import DETERMINISTIC, ITEMS, frame, mixed_body, not_an_object
+from tests.strategies import DETERMINISTIC, ITEMS, frame, mixed_body, not_an_object
 
 MAX = 1024 * 1024
 NOW = datetime(2026, 11, 23, tzinfo=UTC)

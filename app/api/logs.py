@@ -150,22 +150,27 @@ async def read_body(request: Request, limit: int) -> tuple[bytes, bool]:
 
 
 def _gunzip(body: bytes, limit: int) -> bytes:
-    # A gzip body may hold several members (RFC 1952 2.2), as `gzip -d` reads them: inflate each.
+    # A gzip body may hold several members (RFC 1952 2.2), and zero bytes after one are padding:
+    # inflate each, as `gzip -d` and Python's gzip module read them.
     parts: list[bytes] = []
     size = 0
+    offset = 0  # where the member being read starts in the body
     while body:
         inflater = zlib.decompressobj(zlib.MAX_WBITS | 16)
         try:
             data = inflater.decompress(body, limit + 1 - size)  # bounded: a gzip bomb stops at the limit
         except zlib.error as exc:
-            raise BadRequest(f"the body is not valid gzip: {exc}") from None
+            where = f" from byte {offset} on" if offset else ""
+            raise BadRequest(f"the body is not valid gzip{where}: {exc}") from None
         size += len(data)
         if size > limit or inflater.unconsumed_tail:
             raise PayloadTooLarge(f"the decompressed body exceeds MAX_BODY_BYTES ({limit})")
         if not inflater.eof:
             raise BadRequest("the gzip body is truncated")
         parts.append(data)
-        body = inflater.unused_data
+        rest = inflater.unused_data.lstrip(b"\0")
+        offset += len(body) - len(rest)
+        body = rest
     return b"".join(parts)
 
 

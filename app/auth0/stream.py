@@ -18,7 +18,19 @@ Framing = Literal["jsonl", "array", "object"]
 _BOM = b"\xef\xbb\xbf"
 # Keys of a log event or its envelope: an object with none of them that holds `logs` is a page of logs.
 _EVENT_KEYS = frozenset({"log_id", "_id", "data", "type", "date"})
-_SURROGATE = re.compile("[\ud800-\udfff]")
+# orjson's errors for a value it cannot hold in a well-formed document (JSON sets no bound on either).
+_ITEM_ERRORS = ("number is infinity", "depth limit exceeded")
+# What cutting an array into its items reads: strings whole (escapes and all; a lone quote is one that
+# never ends), brackets and commas.
+_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|["\[\]{},]', re.DOTALL)
+_QUOTE, _BRACKET = ord('"'), ord("[")
+_OPENERS, _CLOSERS = b"[{", b"]}"
+# A UTF-16 surrogate escape after an even run of backslashes (an odd run makes it text): a high one
+# with its low one (a pair, kept), a high one alone, or a low one alone.
+_SURROGATE_ESCAPE = re.compile(
+    rb"(?<!\\)((?:\\\\)*)(\\u[dD][89abAB][0-9a-fA-F]{2}(?:\\u[dD][c-fC-F][0-9a-fA-F]{2})?"
+    rb"|\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+)
 
 
 class BodyError(ValueError):
@@ -66,15 +78,20 @@ def parse_body(body: bytes, max_event_bytes: int) -> ParsedBody:
         document = _loads(body)
     except orjson.JSONDecodeError as exc:
         where = f"invalid JSON at line {exc.lineno}, column {exc.colno} (char {exc.pos}): {exc.msg}"
-        if b"\n" not in body:
+        # A value orjson cannot hold fails one item, not the well-formed array or page around it.
+        split = _split_items(body) if exc.msg.startswith(_ITEM_ERRORS) else None
+        if split is not None:
+            parsed = _parse_items(*split, max_event_bytes)
+        elif b"\n" not in body:
             raise BodyError(where) from None
-        # Several lines are read as JSON Lines, which keeps every good line. If none is good and
-        # the first is broken JSON, the body was one broken document: say where it breaks.
-        parsed = _parse_lines(body, max_event_bytes)
-        if not parsed.events and parsed.rejected[0].reason.startswith("invalid JSON"):
-            raise BodyError(where) from None
+        else:
+            # Several lines are read as JSON Lines, which keeps every good line. If none is good and
+            # the first is broken JSON, the body was one broken document: say where it breaks.
+            parsed = _parse_lines(body, max_event_bytes)
+            if not parsed.events and parsed.rejected[0].reason.startswith("invalid JSON"):
+                raise BodyError(where) from None
     else:
-        parsed = _parse_document(document, max_event_bytes)
+        parsed = _parse_document(document, body, max_event_bytes)
     if not parsed.events and parsed.rejected:
         first = parsed.rejected[0]
         where = "line" if parsed.framing == "jsonl" else "item"
@@ -102,7 +119,7 @@ def _parse_lines(body: bytes, max_event_bytes: int) -> ParsedBody:
     return parsed
 
 
-def _parse_document(document: object, max_event_bytes: int) -> ParsedBody:
+def _parse_document(document: object, body: bytes, max_event_bytes: int) -> ParsedBody:
     if isinstance(document, list):
         parsed, items = ParsedBody("array"), document
     elif isinstance(document, dict):
@@ -113,7 +130,94 @@ def _parse_document(document: object, max_event_bytes: int) -> ParsedBody:
         raise BodyError(f"the body is a JSON {_kind(document)}; expected an object, an array or JSON Lines")
     for index, item in enumerate(items):
         _add_item(parsed, index, item, None, max_event_bytes)
+    if any(not rejected.raw for rejected in parsed.rejected):
+        # An item too deep for json to write again either (it recurses, to about 1,000 levels) is
+        # quarantined as sent.
+        split = _split_items(body)
+        sent = split[1] if split else [body.strip()]
+        for rejected in parsed.rejected if len(sent) == len(items) else ():
+            rejected.raw = rejected.raw or sent[rejected.position]
     return parsed
+
+
+def _parse_items(framing: Framing, items: list[bytes], max_event_bytes: int) -> ParsedBody:
+    parsed = ParsedBody(framing)
+    for index, raw in enumerate(items):
+        try:
+            item = _loads(raw)
+        except orjson.JSONDecodeError as exc:
+            reason = f"invalid JSON at column {exc.colno} of the item: {exc.msg}"
+            parsed.rejected.append(Rejected(index, reason, raw))
+            continue
+        _add_item(parsed, index, item, raw, max_event_bytes)
+    return parsed
+
+
+def _split_items(body: bytes) -> tuple[Framing, list[bytes]] | None:
+    """The items of a body that is one array, or one page `{"logs": [...]}`, as sent (stripped);
+    None if it is neither. Only strings and brackets are read here: each item is parsed on its own."""
+    start = len(body) - len(body.lstrip())
+    if body.startswith(b"[", start):
+        framing: Framing = "array"
+    elif body.startswith(b"{", start):
+        framing = "object"
+    else:
+        return None
+    opened = bytearray()  # the brackets open at this point
+    depth_of_items = 1 if framing == "array" else 0  # a page's: 2 once its `logs` opens, -1 once read
+    items: list[bytes] = []
+    item_start = start + 1
+    keys: list[object] = []  # a page's keys
+    want_key = framing == "object"
+    for token in _TOKENS.finditer(body, start):
+        char, depth = body[token.start()], len(opened)
+        if char == _QUOTE:
+            if token.end() - token.start() == 1:
+                return None  # a string that never ends
+            if depth == 1 and want_key:
+                keys.append(_key(token.group()))
+                want_key = False
+        elif char in _OPENERS:
+            opened.append(char)
+            if (
+                char == _BRACKET
+                and depth == 1
+                and framing == "object"
+                and not want_key
+                and keys[-1] == "logs"
+            ):
+                depth_of_items, items, item_start = 2, [], token.end()  # a later `logs` wins, as in a dict
+        elif char in _CLOSERS:
+            if not opened or opened.pop() != _OPENERS[_CLOSERS.index(char)]:
+                return None
+            if depth == depth_of_items:
+                last = body[item_start : token.start()].strip()
+                if last or items:
+                    items.append(last)
+                if framing == "object":
+                    depth_of_items = -1
+            if not opened:
+                end = token.end()
+                break
+        elif depth == depth_of_items:  # a comma between items
+            items.append(body[item_start : token.start()].strip())
+            item_start = token.end()
+        elif depth == 1:  # a comma between a page's fields
+            want_key = True
+    else:
+        return None  # a bracket is never closed
+    if body[end:].strip():
+        return None  # more than one document: JSON Lines
+    if framing == "object" and (depth_of_items != -1 or any(key in _EVENT_KEYS for key in keys)):
+        return None  # an event, or an object without a `logs` array
+    return framing, items
+
+
+def _key(token: bytes) -> object:
+    try:
+        return _loads(token)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _add_item(
@@ -125,7 +229,7 @@ def _add_item(
         return
     try:
         event = to_event(item)
-        event.encoded = encode(event.data)
+        event.encoded = _compact(encode(event.data))
     except UnencodableEvent as exc:
         parsed.rejected.append(Rejected(position, str(exc), raw or verbatim(item)))
         return
@@ -154,7 +258,7 @@ def encode(data: dict[str, Any], option: int | None = None) -> bytes:
 def verbatim(item: object) -> bytes:
     """An item of an array or object body as JSON again, to keep in quarantine."""
     try:
-        return orjson.dumps(item)
+        return _compact(orjson.dumps(item))
     except TypeError:
         pass
     try:
@@ -163,39 +267,32 @@ def verbatim(item: object) -> bytes:
         return b""
 
 
+def _compact(data: bytes) -> bytes:
+    """A copy the size of its content: orjson hands back its whole working buffer (4 KiB or more,
+    however short the JSON), and a body's events and rejected items live until it is stored."""
+    return bytes(memoryview(data))
+
+
 def _loads(data: bytes) -> Any:
     """orjson, except for text with a lone UTF-16 surrogate escape (JavaScript writes one for half an
-    emoji): JSON allows it, orjson refuses it, and no UTF-8 text can hold it, so it becomes U+FFFD."""
+    emoji): JSON allows it, orjson refuses it, and no UTF-8 text can hold it, so it becomes U+FFFD.
+
+    The escape is replaced in the JSON text, at the same length, and orjson reads it again: numbers,
+    depth and positions then follow the same rules as everywhere else."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         if "surrogate" not in exc.msg:
             raise
-        try:  # strict UTF-8 first: the stdlib would let an encoded surrogate through
-            text = data.decode()
-            return _replace_surrogates(json.loads(text, parse_constant=_refuse, parse_int=_int))
-        except (ValueError, RecursionError):
-            raise exc from None
+        text, replaced = _SURROGATE_ESCAPE.subn(_keep_pairs, data)
+        if not replaced:  # invalid UTF-8, which orjson reports as a surrogate too
+            raise
+    return orjson.loads(text)
 
 
-def _replace_surrogates(value: Any) -> Any:
-    if isinstance(value, str):
-        return _SURROGATE.sub("\ufffd", value)
-    if isinstance(value, list):
-        return [_replace_surrogates(v) for v in value]
-    if isinstance(value, dict):
-        return {_replace_surrogates(k): _replace_surrogates(v) for k, v in value.items()}
-    return value
-
-
-def _refuse(constant: str) -> Any:
-    raise ValueError(f"{constant} is not JSON")
-
-
-def _int(text: str) -> int | float:
-    # As orjson reads them: an integer beyond 64 bits becomes a float.
-    value = int(text)
-    return value if -(2**63) <= value < 2**64 else float(text)
+def _keep_pairs(match: re.Match[bytes]) -> bytes:
+    escapes, surrogate = match.groups()
+    return match.group() if len(surrogate) == 12 else escapes + rb"\ufffd"
 
 
 def to_event(item: dict[str, Any]) -> StreamEvent:

@@ -270,3 +270,29 @@ async def test_a_lock_held_past_the_busy_timeout_is_a_503_and_the_writer_goes_on
             assert retried.status_code == 200, retried.text
             assert retried.json()["stored"] == 1
     assert await stored_ids(engine) == {events[0]["log_id"] for events in refused}
+
+
+async def test_many_tiny_events_beyond_commit_max_rows(
+    make_settings: Callable[..., Settings], start_server: Callable[..., Any], engine: AsyncEngine
+) -> None:
+    """Bodies of more events than COMMIT_MAX_ROWS (and than one SQLite statement takes, 1,000 rows),
+    sent at once and overlapping: each is one batch, every event is stored once, and each answer
+    adds up."""
+    live = await start_server(make_settings(commit_max_rows=100))
+    ids = [f"tiny-{n}" for n in range(2501)]
+    bodies = [
+        b"\n".join([b'{"log_id": "%s"}' % i.encode() for i in ids[start : start + 1001]] + [b"[]", b"{"])
+        for start in range(0, 2000, 500)
+    ]
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=60) as client:
+        responses = await asyncio.gather(
+            *(client.post("/api/logs", content=body, headers=auth()) for body in bodies)
+        )
+    answers = [r.json() for r in responses]
+    assert all(r.status_code == 200 for r in responses), answers
+    for answer in answers:
+        assert (answer["received"], answer["rejected"]) == (1003, 2)
+        assert answer["stored"] + answer["duplicates"] == 1001
+    sent = {i for start in range(0, 2000, 500) for i in ids[start : start + 1001]}
+    assert sum(a["stored"] for a in answers) == len(sent)
+    assert await stored_ids(engine) == sent

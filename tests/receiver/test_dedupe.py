@@ -165,3 +165,25 @@ async def test_store_returns_exactly_the_new_ids(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         assert await conn.run_sync(insert_events, rows) == set()
     assert await count_events(engine) == 2500
+
+
+async def test_ids_that_are_one_after_normalising_are_one_event(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """Ids are stripped (Unicode spaces too) and numbers read as text: these are two events, each
+    kept as its first copy in the body, the same id with other content a duplicate."""
+    items = [
+        {"log_id": " c1", "data": {"copy": 1}},
+        {"log_id": "c1\u2003", "data": {"copy": 2}},
+        {"log_id": 7, "data": {"copy": 3}},
+        {"data": {"log_id": "c1", "copy": 4}},
+        {"log_id": "\u00a0c1\t", "data": {"copy": 5}},
+        {"log_id": "7", "data": {"copy": 6}},
+    ]
+    for body in (jsonl(items), orjson.dumps(items)):
+        answer = await post(client, body)
+        assert (answer["received"], answer["rejected"]) == (6, 0)
+        assert answer["stored"] + answer["duplicates"] == 6
+    assert await stored_ids(engine) == {"c1", "7"}
+    assert (await get_event(engine, "c1")).data == {"copy": 1}
+    assert (await get_event(engine, "7")).data == {"copy": 3}

@@ -152,6 +152,17 @@ async def test_gzip_encoding_name_any_case(client: httpx.AsyncClient, engine: As
     await assert_stored_exactly(engine, items)
 
 
+@pytest.mark.parametrize("encoding", ["identity", "IDENTITY", ""])
+async def test_identity_content_encoding(
+    client: httpx.AsyncClient, engine: AsyncEngine, encoding: str
+) -> None:
+    items = fixture_items("stream_body_json_array.json")
+    headers = auth() | {"Content-Encoding": encoding}
+    response = await client.post("/api/logs", content=orjson.dumps(items), headers=headers)
+    assert response.status_code == 200, response.text
+    await assert_stored_exactly(engine, items)
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "array", "object"])
 async def test_large_body(client: httpx.AsyncClient, engine: AsyncEngine, fmt: Format) -> None:
     """A body of a few MB (parsed off the event loop) stores every event once."""

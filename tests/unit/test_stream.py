@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from datetime import UTC, datetime
 from typing import Any
 
@@ -262,3 +263,103 @@ def test_broken_array_names_its_own_position() -> None:
     body = b'[\n  {"log_id": "a", "data": {}},\n  {"log_id": "b" "data": {}}\n]\n'
     with pytest.raises(BodyError, match=r"line 3, column 18 \(char 50\)"):
         parse_body(body, MAX)
+
+
+# --- values orjson cannot hold in a well-formed array ------------------------------------------------
+
+BEYOND = {
+    "over-a-double": b"1e400",
+    "under-a-double": b"-1e400",
+    "a-309-digit-integer": b"9" * 400,
+    "nested-past-1024": b"[" * 1100 + b"]" * 1100,
+}
+
+
+@pytest.mark.parametrize("value", BEYOND, ids=list(BEYOND))
+@pytest.mark.parametrize("shape", ["array", "page", "pretty-array"])
+def test_a_value_orjson_cannot_hold_fails_its_item_alone(value: str, shape: str) -> None:
+    """JSON allows any number and any depth; orjson refuses a number beyond a double's range and more
+    than 1024 levels. In JSON Lines that fails one line: in an array it must fail one item too, not
+    the whole body and every good event in it."""
+    good = [envelope(make_event(description='brackets in text: "]}[{," \\" \\\\')), envelope(make_event())]
+    bad = b'{"log_id": "odd", "data": {"type": "s", "details": {"n": ' + BEYOND[value] + b"}}}"
+    items = [orjson.dumps(good[0]), bad, orjson.dumps(good[1])]
+    body = b"[" + b", ".join(items) + b"]"
+    if shape == "page":
+        body = b'{"start": 0, "logs": ' + body + b', "total": 3}'
+    elif shape == "pretty-array":
+        body = b"[\n  " + b",\n  ".join(items) + b"\n]\n"
+    parsed = parse_body(body, MAX)
+    assert parsed.framing == ("object" if shape == "page" else "array")
+    assert [e.log_id for e in parsed.events] == [g["log_id"] for g in good]
+    assert [e.data for e in parsed.events] == [g["data"] for g in good]
+    (rejected,) = parsed.rejected
+    assert (rejected.position, rejected.raw) == (1, bad)  # quarantined as sent
+    assert "infinity" in rejected.reason or "depth" in rejected.reason
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'[{"log_id": "a", "data": {}}, {"n": 1e400}}',  # brackets that do not match
+        b'[{"log_id": "a", "data": {}}, {"n": 1e400}, "never ends]',
+        b'[{"log_id": "a", "data": {}}, {"n": 1e400}]  [{"log_id": "b", "data": {}}]',
+        b'{"log_id": "a", "data": {"n": 1e400}}',  # one event, not a page
+        b'{"logs": {"n": 1e400}}',
+        b'{"logs": [{"log_id": "a", "data": {}}], "type": "s", "n": 1e400}',
+    ],
+)
+def test_a_broken_or_single_document_with_such_a_value_is_still_refused(body: bytes) -> None:
+    with pytest.raises(BodyError, match="infinity"):
+        parse_body(body, MAX)
+
+
+def test_a_lone_surrogate_follows_the_same_rules_for_numbers_and_depth() -> None:
+    """Beside a lone surrogate escape, a number beyond a double was stored as null and a long integer,
+    or a depth json could not recurse to, failed the whole body."""
+    good = orjson.dumps(envelope(make_event()))
+    odd = {
+        "beyond": b'{"log_id": "beyond", "data": {"s": "\\ud800", "n": 1e400}}',
+        "long": b'{"log_id": "long", "data": {"s": "\\ud800", "n": ' + b"9" * 5000 + b"}}",
+        "deep": b'{"log_id": "deep", "data": {"s": "\\udc00", "n": ' + b"[" * 990 + b"]" * 990 + b"}}",
+        "kept": b'{"log_id": "kept", "data": {"s": "\\ud800 \\\\ud800 \\ud83d\\ude00 \\udc00", "n": 2}}',
+    }
+    parsed = parse_body(b"[" + b", ".join([good, *odd.values()]) + b"]", MAX)
+    assert [e.log_id for e in parsed.events] == [orjson.loads(good)["log_id"], "kept"]
+    assert parsed.events[1].data == {"s": "\ufffd \\ud800 \U0001f600 \ufffd", "n": 2}
+    assert [(r.position, r.raw) for r in parsed.rejected] == [
+        (1, odd["beyond"]),
+        (2, odd["long"]),
+        (3, odd["deep"]),
+    ]
+    assert "infinity" in parsed.rejected[0].reason
+    assert "255 levels" in parsed.rejected[2].reason
+
+
+@pytest.mark.parametrize("framing", ["array", "object"])
+def test_an_item_too_deep_for_json_to_write_is_quarantined_as_sent(framing: str) -> None:
+    """orjson writes 255 levels and json about 1,000: an item deeper than both was quarantined empty."""
+    good = orjson.dumps(envelope(make_event()))
+    deep = b'{"log_id": "deep", "data": {"n": ' + b"[" * 1010 + b"]" * 1010 + b"}}"
+    items = b"[" + good + b", " + deep + b"]"
+    parsed = parse_body(items if framing == "array" else b'{"logs": ' + items + b"}", MAX)
+    assert len(parsed.events) == 1
+    assert [(r.position, r.raw) for r in parsed.rejected] == [(1, deep)]
+    with pytest.raises(BodyError, match="255 levels"):
+        parse_body(b" " + deep, MAX)
+
+
+def test_events_keep_no_more_memory_than_their_json() -> None:
+    """orjson hands back a 4 KiB buffer for a few bytes of JSON; held by each event of a body of tiny
+    events, 200,000 of them took about 1 GiB."""
+    count = 5000
+    body = b"[" + b", ".join(b'{"log_id": "%d"}, %d' % (n, n) for n in range(count)) + b"]"
+    tracemalloc.start()
+    try:
+        parsed = parse_body(body, MAX)
+        rows, _ = to_rows(parsed.events, "stream", datetime.now(UTC))
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert (len(rows), len(parsed.rejected)) == (count, count)
+    assert held / count < 3000, held / count

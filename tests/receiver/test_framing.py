@@ -3,6 +3,7 @@ from the body, never from Content-Type."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ import orjson
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.api import logs
 from tests.conftest import auth
 from tests.factories import Format, make_event, make_stream_body
 from tests.receiver.support import (
@@ -189,3 +191,49 @@ async def test_gzip_with_several_members(client: httpx.AsyncClient, engine: Asyn
     else:
         assert response.status_code == 400, response.text
         assert await stored_ids(engine) == set()
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("events", "gzipped", "on_loop"),
+    [(10, False, True), (10, True, False), (600, False, False)],
+    ids=["small", "small-gzip", "over-256-KiB"],
+)
+async def test_a_large_or_gzip_body_is_parsed_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    events: int,
+    gzipped: bool,
+    on_loop: bool,
+) -> None:
+    """Parsing a body and making its rows run on a thread when the body is large, or gzip (which may
+    inflate to MAX_BODY_BYTES whatever its own size), so that the event loop serves other requests
+    meanwhile; a small body is handled inline."""
+    where: dict[str, bool] = {}
+
+    def spy(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def record(*args: Any, **kwargs: Any) -> Any:
+            where[name] = _on_event_loop()
+            return function(*args, **kwargs)
+
+        return record
+
+    monkeypatch.setattr(logs, "parse_body", spy("parse", logs.parse_body))
+    monkeypatch.setattr(logs, "to_rows", spy("rows", logs.to_rows))
+    sent = [make_event(description="x" * 600) for _ in range(events)]
+    body = make_stream_body(sent, gzipped=gzipped)
+    assert (len(body) > 256 * 1024) == (events == 600)
+    headers = auth() | ({"Content-Encoding": "gzip"} if gzipped else {})
+    response = await client.post("/api/logs", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["stored"] == events
+    assert len(await stored_ids(engine)) == events
+    assert where == {"parse": on_loop, "rows": on_loop}

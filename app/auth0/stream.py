@@ -109,13 +109,7 @@ def _parse_lines(body: bytes, max_event_bytes: int) -> ParsedBody:
             reason = f"{len(line)} bytes exceeds MAX_EVENT_BYTES ({max_event_bytes})"
             parsed.rejected.append(Rejected(number, reason, line))
             continue
-        try:
-            item = _loads(line)
-        except orjson.JSONDecodeError as exc:
-            reason = f"invalid JSON at column {exc.colno}: {exc.msg}"
-            parsed.rejected.append(Rejected(number, reason, line))
-            continue
-        _add_item(parsed, number, item, line, max_event_bytes)
+        _add_raw(parsed, number, line, "", max_event_bytes)
     return parsed
 
 
@@ -143,14 +137,19 @@ def _parse_document(document: object, body: bytes, max_event_bytes: int) -> Pars
 def _parse_items(framing: Framing, items: list[bytes], max_event_bytes: int) -> ParsedBody:
     parsed = ParsedBody(framing)
     for index, raw in enumerate(items):
-        try:
-            item = _loads(raw)
-        except orjson.JSONDecodeError as exc:
-            reason = f"invalid JSON at column {exc.colno} of the item: {exc.msg}"
-            parsed.rejected.append(Rejected(index, reason, raw))
-            continue
-        _add_item(parsed, index, item, raw, max_event_bytes)
+        _add_raw(parsed, index, raw, " of the item", max_event_bytes)
     return parsed
+
+
+def _add_raw(parsed: ParsedBody, position: int, raw: bytes, where: str, max_event_bytes: int) -> None:
+    """One line or item, as sent: its event, or its rejection."""
+    try:
+        item = _loads(raw)
+    except orjson.JSONDecodeError as exc:
+        reason = f"invalid JSON at column {exc.colno}{where}: {exc.msg}"
+        parsed.rejected.append(Rejected(position, reason, raw))
+        return
+    _add_item(parsed, position, item, raw, max_event_bytes)
 
 
 def _split_items(body: bytes) -> tuple[Framing, list[bytes]] | None:

@@ -479,7 +479,10 @@ async def test_a_round_whose_outcome_cannot_be_recorded_is_sent_again_and_none_i
     await eventually(all_delivered, "the leased rows to be sent again and recorded")
     sent = [event["log_id"] for event in receiver.events()]
     assert set(sent) == {e["log_id"] for e in events}
-    assert all(1 <= sent.count(e["log_id"]) <= 2 for e in events), sent
+    # Twice at least: the held send, whose answer could not be recorded, and the one recorded. A third
+    # is at-least-once too: on a slow machine the held send may time out, and be recorded as failed,
+    # before the database goes.
+    assert all(sent.count(e["log_id"]) >= 2 for e in events), sent
 
 
 # --- backing off while the database is gone --------------------------------------------------------

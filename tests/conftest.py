@@ -22,6 +22,7 @@ from app import migrate
 from app.config import Settings
 from app.db import Base, make_engine
 from app.main import create_app
+from tests.relay.receiver import Receiver
 
 # shared/ lies beside the checkout, here and in CI.
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "auth0" / "fixtures"
@@ -146,6 +147,15 @@ async def start_server(engine: AsyncEngine) -> AsyncIterator[Callable[..., Any]]
     for server, _ in running:
         server.should_exit = True
     await asyncio.gather(*(task for _, task in running))
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A webhook receiver on 127.0.0.1 (tests/relay/receiver.py), stopped with the test."""
+    server = Receiver()
+    await server.start()
+    yield server
+    await server.stop()
 
 
 @pytest.fixture

@@ -243,14 +243,6 @@ async def proxy() -> AsyncIterator[DatabaseProxy]:
     await relay.down()
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    hook = Receiver()
-    await hook.start()
-    yield hook
-    await hook.stop()
-
-
 def through(proxy: DatabaseProxy) -> str:
     """The test database's URL, through the relay."""
     assert PG_URL is not None

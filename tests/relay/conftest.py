@@ -20,7 +20,6 @@ from app.models import Destination, OutboxItem
 from app.observability import quiet_secret_loggers
 from tests.conftest import ADMIN_TOKEN, LiveServer, auth
 from tests.factories import make_stream_body
-from tests.relay.receiver import Receiver
 
 # Fast enough for tests: the backoff stays under FAST_BACKOFF_MAX seconds.
 FAST_BACKOFF_MAX = 0.05
@@ -34,14 +33,6 @@ FAST = {
 # A destination that fails stays backed off for the whole test: `@pytest.mark.parametrize("relay",
 # [SLOW_BACKOFF], indirect=True)`.
 SLOW_BACKOFF = {"delivery_backoff_base": 600.0, "delivery_backoff_max": 600.0}
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    server = Receiver()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

@@ -193,10 +193,12 @@ def page_statement(dialect: str, query: EventQuery, limit: int, after: Position 
         )
     if merge:
         # One ordered, limited scan of the (type, date) index per code, merged: an IN list would
-        # read every event of every code and sort them all before the limit applies.
+        # read every event of every code and sort them all before the limit applies. The branches
+        # carry keys only, so that the rows the merge drops (all but `limit` of `limit` per code) are
+        # never read whole; the page's rows are then read once, by key.
         branches = [
             select(
-                select(*columns)
+                select(LogEvent.date, LogEvent.log_id)
                 .where(*where, LogEvent.type == code)
                 .order_by(*_NEWEST_FIRST)
                 .limit(limit)
@@ -205,7 +207,13 @@ def page_statement(dialect: str, query: EventQuery, limit: int, after: Position 
             for code in query.types
         ]
         merged = union_all(*branches).subquery("merged")
-        return select(merged).order_by(merged.c.date.desc(), merged.c.log_id.desc()).limit(limit)
+        newest = (merged.c.date.desc(), merged.c.log_id.desc())
+        page = select(merged).order_by(*newest).limit(limit).subquery("page")
+        return (
+            select(*columns)
+            .join(page, LogEvent.log_id == page.c.log_id)
+            .order_by(page.c.date.desc(), page.c.log_id.desc())
+        )
     return select(*columns).where(*where).order_by(*_NEWEST_FIRST).limit(limit)
 
 

@@ -441,16 +441,18 @@ def explain(settings: Settings) -> None:
     compiled["event by id"] = str(by_id.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
     if settings.is_sqlite:
         with sqlite3.connect(sqlite_path(settings), isolation_level=None) as db:
-            for label, reset in (("with ANALYZE statistics", False), ("without statistics", True)):
+            analyzed = db.execute("SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_stat1'").fetchone()
+            runs = (("with ANALYZE statistics", False), ("without statistics", True))
+            for label, reset in runs if analyzed else runs[1:]:
                 print(f"--- SQLite plans {label}")
-                if reset:
+                if reset and analyzed:
                     db.execute("BEGIN")
                     db.execute("DELETE FROM sqlite_stat1")
                     db.execute("ANALYZE sqlite_schema")  # reloads the (now empty) statistics
                 for kind, sql in compiled.items():
                     plan = "; ".join(row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql))
                     print(f"{kind:26} {plan}")
-                if reset:
+                if reset and analyzed:
                     db.execute("ROLLBACK")
         return
 

@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     service_log_level: LevelName = "info"
     run_workers: bool = True  # `serve` also runs the delivery and poller loops
     worker_port: int | None = Field(None, ge=1, le=65535)  # `worker` serves health and metrics on it
+    # The longest one read of the query API may run before the database stops it; None: no limit.
+    query_timeout: Seconds | None = Field(30.0, ge=0, le=86400)
 
     # --- tokens (generated, kept under data_dir and printed when unset) -------------------------
     log_stream_token: CommaSecrets = []
@@ -191,11 +193,17 @@ class Settings(BaseSettings):
                 raise ValueError(f"use 0-4 or a level name: {', '.join(_LEVEL_NAMES)}")
         return None if value == "" else value
 
-    @field_validator("worker_port", "event_retention", mode="before")
+    @field_validator("worker_port", "event_retention", "query_timeout", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
-        # WORKER_PORT= turns off a port an image or a .env file sets; EVENT_RETENTION= keeps for ever.
+        # WORKER_PORT= turns off a port an image or a .env file sets; EVENT_RETENTION= keeps for ever;
+        # QUERY_TIMEOUT= lifts the limit.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("query_timeout")
+    @classmethod
+    def _query_timeout(cls, value: float | None) -> float | None:
+        return value or None  # 0 lifts the limit too, as PostgreSQL's statement_timeout=0 does
 
     @field_validator("event_retention")
     @classmethod

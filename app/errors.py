@@ -80,6 +80,14 @@ class Unavailable(AppError):
     error = "unavailable"
 
 
+class QueryTimeout(AppError):
+    """A read ran past QUERY_TIMEOUT and the database stopped it; the same request would run as long
+    again, so it is no 503 (retry later) but a 504 that asks for a narrower query."""
+
+    status_code = 504
+    error = "query_timeout"
+
+
 def error_response(
     status: int, error: str, detail: Any, headers: dict[str, str] | None = None
 ) -> JSONResponse:

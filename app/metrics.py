@@ -75,6 +75,9 @@ DELIVERY_SECONDS = Histogram(
     ["destination"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
+QUERY_TIMEOUTS = Counter(
+    "logrelay_query_timeouts", "Query API reads the database stopped at QUERY_TIMEOUT (a 504 each)."
+)
 PURGED_EVENTS = Counter("logrelay_purged_events", "Events deleted past EVENT_RETENTION.")
 PURGED_QUARANTINED_LINES = Counter(
     "logrelay_purged_quarantined_lines", "Quarantined lines deleted past EVENT_RETENTION."

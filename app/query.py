@@ -30,6 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
+from app import query_timeout
 from app.auth0.catalog import CATEGORIES, Category
 from app.cursor import Position
 from app.models import LogEvent
@@ -156,9 +157,10 @@ class Counts:
 
 
 @asynccontextmanager
-async def reading(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A connection for one read (PostgreSQL plans it for its actual values: see app.db)."""
-    async with engine.connect() as conn:
+async def reading(engine: AsyncEngine, time_limit: float | None) -> AsyncIterator[AsyncConnection]:
+    """A connection for one read, which the database stops after `time_limit` seconds (QUERY_TIMEOUT,
+    see app.query_timeout). PostgreSQL plans it for its actual values: see app.db."""
+    async with engine.connect() as conn, query_timeout.limit(conn, time_limit):
         yield conn
 
 
@@ -234,16 +236,17 @@ async def get_event(conn: AsyncConnection, log_id: str) -> dict[str, Any] | None
 
 
 async def export_lines(
-    engine: AsyncEngine, query: EventQuery, page: int = EXPORT_PAGE
+    engine: AsyncEngine, query: EventQuery, time_limit: float | None, page: int = EXPORT_PAGE
 ) -> AsyncIterator[bytes]:
     """Every matching event as JSON Lines, newest first, read one keyset page at a time.
 
     Each page is its own short read, so memory stays constant and no transaction stays open while a
-    slow client drains the stream.
+    slow client drains the stream; `time_limit` applies to each page, since a whole export of a large
+    store may rightly take minutes.
     """
     after: Position | None = None
     while True:
-        async with reading(engine) as conn:
+        async with reading(engine, time_limit) as conn:
             statement = page_statement(conn.dialect.name, query, page, after)
             rows: Sequence[Row[Any]] = (await conn.execute(statement)).all()
         if not rows:

@@ -97,4 +97,8 @@ NOT_FOUND: Responses = {404: error("No such event.")}
 ERRORS: Responses = {
     400: error("A malformed parameter, such as a cursor not issued by this API."),
     **READ_ERRORS,
+    504: error(
+        "The query ran longer than QUERY_TIMEOUT and was stopped: narrow it with a shorter since/until "
+        "range or an exact filter (user_id, user_name, ip); the same query would likely run as long again."
+    ),
 }

@@ -121,7 +121,7 @@ async def list_events_route(
 ) -> JSONResponse:
     """Stored events, newest first, filtered and paged by cursor."""
     after = decode_cursor(cursor) if cursor else None
-    async with reading(context.engine) as conn:
+    async with reading(context.engine, context.settings.query_timeout) as conn:
         page = await list_events(conn, query, limit, after)
     next_cursor = encode_cursor(page.next) if page.next else None
     return JSONResponse({"events": page.events, "next_cursor": next_cursor})
@@ -141,9 +141,10 @@ async def list_events_route(
 )
 async def export_events(context: ContextDep, query: Filters) -> StreamingResponse:
     """Every matching event as JSON Lines, streamed in constant memory."""
-    lines = export_lines(context.engine, query)
-    # The first page is read before the 200 is sent: a database that does not answer is a 503, not
-    # an empty 200 cut short.
+    lines = export_lines(context.engine, query, context.settings.query_timeout)
+    # The first page is read before the 200 is sent: a database that does not answer is a 503, and a
+    # page past QUERY_TIMEOUT a 504, not an empty 200 cut short. A later page that fails ends the
+    # stream without its last chunk, which clients report as an error, not as a complete export.
     first = await anext(lines, b"")
     return StreamingResponse(_prepend(first, lines), media_type="application/x-ndjson")
 
@@ -165,7 +166,7 @@ async def get_event_route(
     """One stored event by its log id."""
     if "\x00" in log_id:  # no stored id holds one, and PostgreSQL refuses it in a query
         raise NotFound(f"no event with log_id {log_id!r}")
-    async with reading(context.engine) as conn:
+    async with reading(context.engine, context.settings.query_timeout) as conn:
         event = await get_event(conn, log_id)
     if event is None:
         raise NotFound(f"no event with log_id {log_id!r}")
@@ -192,7 +193,7 @@ async def stats_route(
     if (until - since) / width > MAX_BUCKETS:
         raise _invalid("since", f"the range holds more than {MAX_BUCKETS} {interval} buckets")
     bounded = replace(query, since=since, until=until)
-    async with reading(context.engine) as conn:
+    async with reading(context.engine, context.settings.query_timeout) as conn:
         counts = await count_events(conn, bounded, interval)
     buckets = [
         {"start": start, "total": sum(c["by_type"].values()), **c} for start, c in counts.buckets.items()

@@ -144,7 +144,7 @@ async def test_export_reads_keyset_pages_while_events_arrive(
     await seed(client, original)
     chunks: list[bytes] = []
     arrivals: list[dict[str, Any]] = []
-    async for chunk in export_lines(engine, EventQuery(), page=5):
+    async for chunk in export_lines(engine, EventQuery(), None, page=5):
         chunks.append(chunk)
         newer = varied_events(1, start=BASE + timedelta(days=5, minutes=len(chunks)))
         older = varied_events(1, start=BASE - timedelta(days=5, minutes=len(chunks)))

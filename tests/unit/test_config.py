@@ -242,6 +242,24 @@ def test_an_event_retention_under_a_day_or_not_a_duration_is_refused(value: str)
         assert "must be at least 1 day (P1D)" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, 30.0), ("10", 10.0), ("0.25", 0.25), ("PT1M", 60.0), ("0", None), ("PT0S", None), ("", None)],
+)
+def test_query_timeout_is_a_duration_and_0_or_empty_lifts_it(
+    value: str | None, expected: float | None
+) -> None:
+    settings = make() if value is None else make(query_timeout=value)
+    assert settings.query_timeout == expected
+
+
+@pytest.mark.parametrize("value", ["-1", "86401", "soon"])
+def test_a_negative_huge_or_unreadable_query_timeout_is_refused(value: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        make(query_timeout=value)
+    assert error_fields(info) == {"query_timeout"}
+
+
 def test_a_lease_shorter_than_a_round_is_refused() -> None:
     # A single-mode round may send 4 requests one after another on a slot, each up to the timeout.
     with pytest.raises(ValidationError, match="DELIVERY_LEASE must be longer than 4 times DELIVERY_TIMEOUT"):

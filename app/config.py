@@ -31,12 +31,13 @@ MIN_EVENT_RETENTION = timedelta(days=1)
 
 
 def _seconds(value: object) -> object:
-    """A number of seconds given as text ("60"): pydantic reads only ISO 8601 durations from text."""
+    """A number of seconds given as text ("60"): pydantic reads only ISO 8601 durations from text.
+    Trimmed either way, as every other setting is (" P2D " from a quoted .env line)."""
     if isinstance(value, str):
         try:
             return float(value.strip())
         except ValueError:
-            return value
+            return value.strip()
     return value
 
 

@@ -193,6 +193,9 @@ def test_every_duration_setting_takes_iso_8601(tmp_path: Path) -> None:
         DELIVERY_BACKOFF_MAX="PT1H",
         POLL_MAX_RUN_SECONDS="PT5M",
         DELIVERY_LEASE="PT1M",
+        # Spaces around a value are trimmed, as around seconds (a quoted .env line keeps them).
+        DELIVERY_MAX_AGE=" P2D ",
+        EVENT_RETENTION=" P30D ",
     )
     result = run(["migrate"], tmp_path, env)
     assert result.returncode == 0, result.stderr

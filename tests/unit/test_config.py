@@ -181,6 +181,7 @@ def test_defaults() -> None:
         ("0", timedelta(0)),
         ("PT90S", timedelta(seconds=90)),
         ("P3D", timedelta(days=3)),
+        (" P3D ", timedelta(days=3)),  # trimmed, as the seconds are
     ],
 )
 def test_durations_take_seconds_or_iso_8601(
@@ -227,6 +228,7 @@ def test_level_names_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
         ("P1D", timedelta(days=1)),
         ("86400", timedelta(days=1)),
         ("P30D", timedelta(days=30)),
+        (" P30D ", timedelta(days=30)),
     ],
 )
 def test_event_retention_is_unset_or_a_duration(value: str | None, expected: timedelta | None) -> None:

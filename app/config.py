@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     AnyHttpUrl,
     BeforeValidator,
     Field,
@@ -28,6 +29,10 @@ _LEVEL_NAMES = ("debug", "info", "warning", "error", "critical")  # LOG_LEVEL 0-
 _LEVEL_ALIASES = {"warn": "warning", "fatal": "critical"}
 CommaSecrets = Annotated[list[SecretStr], NoDecode]
 MIN_EVENT_RETENTION = timedelta(days=1)
+# The longest duration any setting takes, "for ever" in practice: now - P1000000D is before year 1,
+# and the OverflowError stopped every purge of the housekeeping run that computed it.
+MAX_DURATION = timedelta(days=36500)
+_TOO_LONG = "must be at most 100 years (P36500D)"
 
 
 def _seconds(value: object) -> object:
@@ -56,15 +61,27 @@ def _seconds_or_iso(value: object) -> object:
         raise ValueError("use seconds (10) or an ISO 8601 duration (PT10S)") from None
 
 
+def _at_most_max_duration(value: timedelta) -> timedelta:
+    if abs(value) > MAX_DURATION:
+        raise ValueError(_TOO_LONG)
+    return value
+
+
+def _at_most_max_seconds(value: float) -> float:
+    if abs(value) > MAX_DURATION.total_seconds():  # also "inf"
+        raise ValueError(_TOO_LONG)
+    return value
+
+
 def _lower(value: object) -> object:
     return value.strip().lower() if isinstance(value, str) else value
 
 
 LevelName = Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)]
 # A duration: seconds (60, "60") or ISO 8601 ("PT1M", "P3D").
-Duration = Annotated[timedelta, BeforeValidator(_seconds)]
+Duration = Annotated[timedelta, BeforeValidator(_seconds), AfterValidator(_at_most_max_duration)]
 # The same, kept as a number of seconds.
-Seconds = Annotated[float, BeforeValidator(_seconds_or_iso)]
+Seconds = Annotated[float, BeforeValidator(_seconds_or_iso), AfterValidator(_at_most_max_seconds)]
 
 
 def split_commas(value: object) -> object:
@@ -149,7 +166,7 @@ class Settings(BaseSettings):
     # The webhook batch, as in the extensions (up to 1000); a logs request takes at most 100 of them.
     batch_size: int = Field(100, ge=1, le=1000)
     start_from: str | None = None
-    log_retention_days: int = Field(30, ge=1)
+    log_retention_days: int = Field(30, ge=1, le=MAX_DURATION.days)
     lag_warn_share: float = Field(0.5, gt=0, le=1)
     webhook_url: AnyHttpUrl | None = None
     authorization: SecretStr | None = None
@@ -170,7 +187,14 @@ class Settings(BaseSettings):
     def _poll_schedule(cls, value: str) -> str:
         from app.schedule import parse_schedule
 
-        return parse_schedule(value).text
+        too_long = f"an interval must be at most 100 years ({MAX_DURATION.days}d)"
+        try:
+            schedule = parse_schedule(value)
+        except OverflowError:  # more seconds than a timedelta holds
+            raise ValueError(too_long) from None
+        if schedule.interval is not None and schedule.interval > MAX_DURATION:
+            raise ValueError(too_long)
+        return schedule.text
 
     @field_validator("auth0_domain")
     @classmethod

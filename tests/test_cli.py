@@ -171,6 +171,8 @@ def test_version(tmp_path: Path) -> None:
         (["serve"], {"MAX_BODY_BYTES": "tiny"}, "MAX_BODY_BYTES"),
         (["serve"], {"SIGNING_SECRET_GRACE": "P60D"}, "SIGNING_SECRET_GRACE"),
         (["migrate"], {"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+        (["migrate"], {"DELIVERY_KEEP_DELIVERED": "P1000000D"}, "DELIVERY_KEEP_DELIVERED"),
+        (["migrate"], {"EVENT_RETENTION": "P1000000D"}, "EVENT_RETENTION"),
         (["serve", "--port", "notanumber"], {}, "--port"),
     ],
 )

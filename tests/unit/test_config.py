@@ -146,6 +146,17 @@ def test_dotenv_file(tmp_path: Path) -> None:
         ("SIGNING_SECRET_GRACE", "-1"),
         ("WORKER_PORT", "0"),
         ("WORKER_PORT", "metrics"),
+        # Longer than 100 years: now - P1000000D is before year 1, and the purges that computed it failed.
+        ("DELIVERY_KEEP_DELIVERED", "P1000000D"),
+        ("EVENT_RETENTION", "P36501D"),
+        ("DELIVERY_MAX_AGE", "-P1000000D"),
+        ("DELIVERY_LEASE", "P1000000D"),
+        ("DELIVERY_BACKOFF_MAX", "inf"),
+        ("DELIVERY_POLL_INTERVAL", "1e12"),
+        ("POLL_MAX_RUN_SECONDS", "P1000000D"),
+        ("POLL_SCHEDULE", "36501d"),
+        ("POLL_SCHEDULE", "99999999999d"),  # an OverflowError in parsing, not a ValueError
+        ("LOG_RETENTION_DAYS", "1000000"),
     ],
 )
 def test_bad_values_name_the_setting(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:

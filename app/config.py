@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import inspect
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -20,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 from app.auth0.catalog import CATEGORIES, LOG_TYPES
 from app.payloads import check_authorization_setting, check_headers_setting, check_signing_secret_setting
@@ -91,19 +94,88 @@ def split_commas(value: object) -> object:
 
 
 def normalise_database_url(url: str) -> str:
-    """Accept `sqlite:///x.db` and `postgresql://...` as people type them; pick the async driver."""
+    """Accept `sqlite:///x.db` and `postgresql://...` as people type them; pick the async driver.
+    Read here as the engine will read it, so that a typo is one line that names the setting, not a
+    traceback at the first connection (nor, for `sqlite://x.db`, a folder named `sqlite+aiosqlite:`)."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise ValueError("must look like sqlite:///path/to.db or postgresql://user@host:5432/db")
     base = scheme.lower().split("+", 1)[0]
     if base == "sqlite":
-        path = rest.removeprefix("/").partition("?")[0]
-        if path in ("", ":memory:") or "mode=memory" in rest:
-            raise ValueError("an in-memory SQLite database loses every event; give a file path")
-        return f"sqlite+aiosqlite://{rest}"
-    if base in ("postgresql", "postgres"):
-        return f"postgresql+asyncpg://{rest}"
-    raise ValueError(f"unsupported database {scheme!r}: use sqlite:/// or postgresql://")
+        normalised = f"sqlite+aiosqlite://{rest}"
+        _check_sqlite(normalised)
+    elif base in ("postgresql", "postgres"):
+        normalised = f"postgresql+asyncpg://{rest}"
+        _check_postgresql(normalised)
+    else:
+        raise ValueError(f"unsupported database {scheme!r}: use sqlite:/// or postgresql://")
+    return normalised
+
+
+def _parse(text: str) -> URL:
+    try:
+        return make_url(text)
+    except ValueError:  # int() of the port
+        raise ValueError(_NOT_A_NUMBER) from None
+
+
+def _check_connect_args(url: URL) -> Mapping[str, Any]:
+    """The arguments the dialect will connect with, or ValueError saying why it cannot. Its messages
+    name ports and parameters, never the password."""
+    try:
+        _, kwargs = url.get_dialect()().create_connect_args(url)
+    except ValueError:  # int() or float() of a parameter, such as timeout=
+        raise ValueError(_NOT_A_NUMBER) from None
+    except ArgumentError as exc:
+        raise ValueError(str(exc)) from None
+    return kwargs
+
+
+_NOT_A_NUMBER = (
+    "a port or a parameter is not a number (host:5432); percent-encode any @ : / ? # in the user name "
+    "or password (%40 for @)"
+)
+
+
+def _check_sqlite(text: str) -> None:
+    url = _parse(text)
+    if url.host or url.port or url.username or url.password or url.database is None:
+        raise ValueError(
+            "SQLite takes a file path after three slashes: sqlite:///relative/path.db or "
+            "sqlite:////absolute/path.db"
+        )
+    if url.database in ("", ":memory:") or url.query.get("mode") == "memory":
+        raise ValueError("an in-memory SQLite database loses every event; give a file path")
+    if url.database.endswith("/"):
+        raise ValueError("give the path of the database file, not of a folder")
+    if "uri" in url.query:  # the file SQLite would open is not the one made private, locked and backed up
+        raise ValueError("give the file path itself, without uri=")
+    _check_connect_args(url)
+
+
+def _check_postgresql(text: str) -> None:
+    import asyncpg  # type: ignore[import-untyped]
+
+    url = _parse(text)
+    kwargs = _check_connect_args(url)
+    if url.host and "@" in url.host:
+        raise ValueError("the host holds an @: percent-encode an @ in the user name or password as %40")
+    ports = kwargs.get("port")
+    for port in ports if isinstance(ports, list) else [ports]:
+        if port is not None and not 1 <= port <= 65535:
+            raise ValueError(f"port {port} is not a port (1-65535)")
+    # The query's other parameters are asyncpg.connect()'s (ssl=require, command_timeout=60, ...), and
+    # the engine's own prepared statement cache; an unknown one would fail every connection.
+    known = set(inspect.signature(asyncpg.connect).parameters) | {"prepared_statement_cache_size"}
+    known -= {"dsn", "loop", "connection_class", "record_class"}
+    for name in url.query:
+        if name == "sslmode":
+            raise ValueError("sslmode is libpq's name; asyncpg's is ssl: ?ssl=require (or verify-full, ...)")
+        if name not in known:
+            raise ValueError(
+                f"unknown parameter {name!r} in the query: it takes asyncpg.connect()'s, such as ssl, "
+                "host (a socket folder) and command_timeout"
+            )
 
 
 class Settings(BaseSettings):

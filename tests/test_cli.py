@@ -243,6 +243,25 @@ def test_backup_names_what_it_cannot_copy(tmp_path: Path) -> None:
     assert not (tmp_path / "none.db").exists()
 
 
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("sqlite://logrelay.db", "three slashes"),
+        ("postgresql://user:hunter2-secret@127.0.0.1:abc/db", "not a number"),
+        ("postgresql://user:hunter2-secret@127.0.0.1:99999/db", "1-65535"),
+        ("postgresql://user:hunter2-secret@127.0.0.1:5432/db?sslmode=require", "ssl=require"),
+    ],
+)
+def test_a_malformed_database_url_is_one_line_and_creates_nothing(
+    tmp_path: Path, url: str, named: str
+) -> None:
+    for command in (["migrate"], ["serve"]):
+        result = run(command, tmp_path, clean_env(DATABASE_URL=url))
+        one_clean_line(result, 2, "invalid setting DATABASE_URL", named)
+        assert "hunter2-secret" not in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no folder named "sqlite+aiosqlite:", no data dir
+
+
 def test_event_retention_is_checked_at_start(tmp_path: Path) -> None:
     assert run(["migrate"], tmp_path, clean_env(EVENT_RETENTION="P30D")).returncode == 0
     short = run(["serve"], tmp_path, clean_env(EVENT_RETENTION="PT1H"))

@@ -47,7 +47,13 @@ def error_fields(info: pytest.ExceptionInfo[ValidationError]) -> set[str]:
         ("postgresql://logrelay:pw@db:5432/logrelay", "postgresql+asyncpg://logrelay:pw@db:5432/logrelay"),
         ("postgres://logrelay@db/logrelay", "postgresql+asyncpg://logrelay@db/logrelay"),
         ("postgresql+asyncpg://u@h:5432/d", "postgresql+asyncpg://u@h:5432/d"),
-        ("postgresql://u@h/d?sslmode=require", "postgresql+asyncpg://u@h/d?sslmode=require"),
+        ("postgresql://u@h/d?ssl=require", "postgresql+asyncpg://u@h/d?ssl=require"),
+        ("postgresql://u:p%40ss%2F@h:5432/d", "postgresql+asyncpg://u:p%40ss%2F@h:5432/d"),
+        ("postgresql://u@/d?host=/run/postgresql", "postgresql+asyncpg://u@/d?host=/run/postgresql"),
+        ("postgresql:///d", "postgresql+asyncpg:///d"),  # asyncpg: PGHOST, or the local socket
+        ("postgresql://u@/d?host=a:5432&host=b:5433", "postgresql+asyncpg://u@/d?host=a:5432&host=b:5433"),
+        ("postgresql://u@h/d?command_timeout=60", "postgresql+asyncpg://u@h/d?command_timeout=60"),
+        ("sqlite:///x.db?timeout=5", "sqlite+aiosqlite:///x.db?timeout=5"),
         ("SQLite:///x.db", "sqlite+aiosqlite:///x.db"),  # a scheme is case-insensitive
         ("Postgres://u@h/d", "postgresql+asyncpg://u@h/d"),
     ],
@@ -70,12 +76,26 @@ def test_database_url_forms(given: str, expected: str) -> None:
         "sqlite:///:memory:",
         "sqlite://",
         "sqlite:///file:x?mode=memory&uri=true",
+        # Read as the engine reads them, these failed at the first connection with a traceback.
+        "sqlite://logrelay.db",  # two slashes: a host, and a folder named "sqlite+aiosqlite:"
+        "sqlite:////",
+        "sqlite:///data/",
+        "sqlite:///file:x.db?uri=true",
+        "sqlite:///x.db?timeout=soon",
+        "postgresql://u:secret-pw@h:abc/d",
+        "postgresql://u:secret-pw@h:99999/d",
+        "postgresql://u:secret-pw@h1:5432,h2:5432/d",
+        "postgresql://u:secret@pw@h/d",  # an @ not percent-encoded
+        "postgresql://u:secret-pw@h/d?sslmode=require",  # libpq's name; asyncpg's is ssl
+        "postgresql://u:secret-pw@h/d?application=x",
+        "postgresql://u:secret-pw@/d?host=a:5432&host=b",
     ],
 )
 def test_bad_database_url_names_the_setting(url: str) -> None:
     with pytest.raises(ValidationError) as info:
         make(database_url=url)
     assert "database_url" in error_fields(info)
+    assert "secret" not in str(info.value)
 
 
 def test_database_url_defaults_to_sqlite_under_data_dir(tmp_path: Path) -> None:

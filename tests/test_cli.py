@@ -298,8 +298,9 @@ def test_a_schema_newer_than_this_release_is_refused_with_what_to_do(tmp_path: P
     assert run(["migrate"], tmp_path, env).returncode == 0
     with contextlib.closing(sqlite3.connect(tmp_path / "data" / "logrelay.db")) as conn, conn:
         conn.execute("UPDATE alembic_version SET version_num = '0099'")
+    poller = {"AUTH0_DOMAIN": "http://127.0.0.1:9", "AUTH0_CLIENT_ID": "id", "AUTH0_CLIENT_SECRET": "secret"}
     for command in (["migrate"], ["serve"], ["poll", "--once"]):
-        one_clean_line(run(command, tmp_path, env), 2, "revision 0099", "newer than this release")
+        one_clean_line(run(command, tmp_path, env | poller), 2, "revision 0099", "newer than this release")
 
 
 def test_a_port_that_is_taken_is_one_line_before_any_token_is_made(tmp_path: Path) -> None:
@@ -329,14 +330,52 @@ def test_a_bad_tls_certificate_stops_serve_before_any_token_is_made(tmp_path: Pa
 
 
 def test_whichever_command_generates_the_tokens_prints_them(tmp_path: Path) -> None:
-    env = clean_env()
-    first = run(["poll", "--once"], tmp_path, env)  # not configured: exits 2, after making the tokens
-    assert first.returncode == 2, first.stderr
-    token = re.search(r"LOG_STREAM_TOKEN=(\S+)", first.stderr)
-    assert token, first.stderr
-    assert orjson.loads((tmp_path / "data" / "tokens.json").read_bytes())["LOG_STREAM_TOKEN"] == token[1]
-    again = run(["poll", "--once"], tmp_path, env)
-    assert token[1] not in again.stderr
+    with refusing_auth0() as auth0_url:
+        env = clean_env(AUTH0_DOMAIN=auth0_url, AUTH0_CLIENT_ID="id", AUTH0_CLIENT_SECRET="secret")
+        first = run(["poll", "--once"], tmp_path, env)  # the pass fails (401), after making the tokens
+        assert first.returncode == 1, first.stderr
+        token = re.search(r"LOG_STREAM_TOKEN=(\S+)", first.stderr)
+        assert token, first.stderr
+        assert orjson.loads((tmp_path / "data" / "tokens.json").read_bytes())["LOG_STREAM_TOKEN"] == token[1]
+        again = run(["poll", "--once"], tmp_path, env)
+        assert again.returncode == 1, again.stderr
+        assert token[1] not in again.stderr
+
+
+@pytest.mark.parametrize("args", [["poll", "--once"], ["poll"]])
+def test_an_unconfigured_poll_refuses_before_it_makes_anything(tmp_path: Path, args: list[str]) -> None:
+    """From cron on a fresh DATA_DIR: no database, and no tokens printed to a mail nobody asked for."""
+    result = run(args, tmp_path, clean_env())
+    one_clean_line(result, 2, "set AUTH0_DOMAIN, AUTH0_CLIENT_ID and AUTH0_CLIENT_SECRET to poll")
+    assert "TOKEN" not in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+@contextlib.contextmanager
+def refusing_auth0() -> Iterator[str]:
+    """An Auth0 on 127.0.0.1 that refuses every client's credentials (401): its base URL."""
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b'{"error":"access_denied","error_description":"Unauthorized"}'
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:  # quiet
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+            thread.join()
 
 
 def test_dotenv_in_the_working_directory_is_read(tmp_path: Path) -> None:

@@ -231,6 +231,64 @@ def test_backup_while_serving_is_a_whole_checked_copy_that_serves(tmp_path: Path
         assert found.status_code == 200, found.text
 
 
+@contextlib.contextmanager
+def backups_held_at_the_copy(
+    tmp_path: Path, copy: Path, count: int
+) -> Iterator[list[subprocess.CompletedProcess[str]]]:
+    """`count` backups of a small database to `copy`, each held at its copy (past its check that
+    `copy` is free, its temporary file made) until the block ends, and their results after it: the
+    database is in rollback journal mode, and an exclusive lock keeps the backups' reads out."""
+    source = tmp_path / "source.db"
+    results: list[subprocess.CompletedProcess[str]] = []
+    with contextlib.closing(sqlite3.connect(source, isolation_level=None)) as db:
+        db.execute("CREATE TABLE t (x)")
+        db.execute("INSERT INTO t VALUES (1), (2), (3)")
+        db.execute("BEGIN EXCLUSIVE")
+        env = clean_env(DATABASE_URL=f"sqlite:///{source}")
+        command = [str(LOGRELAY), "backup", str(copy)]
+        backups = [
+            subprocess.Popen(
+                command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(count)
+        ]
+        try:
+            deadline = time.monotonic() + START_DEADLINE
+            while len(partials(copy)) < count and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(partials(copy)) == count, partials(copy)
+            yield results
+        finally:
+            db.execute("COMMIT")  # the backups go on, and end
+            for backup in backups:
+                stdout, stderr = backup.communicate(timeout=120)
+                results.append(subprocess.CompletedProcess(command, backup.returncode, stdout, stderr))
+
+
+def partials(copy: Path) -> list[Path]:
+    return sorted(copy.parent.glob(f".{copy.name}*.partial"))
+
+
+def test_a_backup_never_replaces_a_file_made_while_it_copies(tmp_path: Path) -> None:
+    copy = tmp_path / "copy.db"
+    with backups_held_at_the_copy(tmp_path, copy, 1) as results:
+        copy.write_bytes(b"made meanwhile")
+    one_clean_line(results[0], 2, str(copy), "exists")
+    assert copy.read_bytes() == b"made meanwhile"
+    assert partials(copy) == []
+
+
+def test_two_backups_to_one_path_make_one_whole_copy(tmp_path: Path) -> None:
+    copy = tmp_path / "copy.db"
+    with backups_held_at_the_copy(tmp_path, copy, 2) as results:
+        pass  # both are past their check that copy.db is free, with a temporary file each
+    assert sorted(result.returncode for result in results) == [0, 2], [r.stderr for r in results]
+    assert sqlite_count(copy, "t") == 3
+    with contextlib.closing(sqlite3.connect(copy)) as db:
+        assert db.execute("PRAGMA quick_check").fetchone() == ("ok",)
+    assert partials(copy) == []
+
+
 def test_backup_names_what_it_cannot_copy(tmp_path: Path) -> None:
     postgres = clean_env(DATABASE_URL="postgresql://postgres:hunter2-secret@127.0.0.1:5432/db")
     result = run(["backup", "copy.db"], tmp_path, postgres)

@@ -2,15 +2,18 @@
 
 Copying the file is not a backup in WAL mode: the newest commits live in the -wal file until a
 checkpoint. VACUUM INTO writes a compact snapshot as of one read transaction, beside the writer. It is
-written under a temporary name, synced, checked, and only then renamed, so a file at the path asked
-for is always a whole backup. PostgreSQL has its own tools (pg_dump), which know it better.
+written under a temporary name of its own, synced, checked, and only then linked to the path asked
+for (never over a file there), so a file at that path is always a whole backup. PostgreSQL has its
+own tools (pg_dump), which know it better.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
+import tempfile
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -32,20 +35,36 @@ def backup_sqlite(database_url: str, target: Path) -> int:
         raise BackupError(f"{target} exists; name a new file")
     if not target.parent.is_dir():
         raise BackupError(f"{target.parent} is not a directory")
-    partial = target.with_name(f".{target.name}.partial")
-    partial.unlink(missing_ok=True)  # left by a backup that was killed
-    # Made empty first, 0600 like the database: the copy holds secrets (destinations' credentials).
-    os.close(os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    # A name of its own, so that two backups to one PATH never write, check or rename each other's
+    # copy; made empty, 0600 like the database: the copy holds secrets (destinations' credentials).
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    os.close(fd)
+    partial = Path(name)
     try:
         _snapshot(source, partial)
         _check(partial)
         _sync(partial)
-        partial.rename(target)
+        _name(partial, target)
         _sync(target.parent)
-    except BaseException:
+    finally:
         partial.unlink(missing_ok=True)
-        raise
     return target.stat().st_size
+
+
+def _name(partial: Path, target: Path) -> None:
+    """Give the copy its name, never over a file made since the check (another backup's, say)."""
+    try:
+        os.link(partial, target)  # refuses a target that exists, where a rename would replace it
+        return
+    except FileExistsError:
+        raise BackupError(f"{target} exists; name a new file") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    # A file system without hard links (FAT, some network shares): check, then rename.
+    if target.exists():
+        raise BackupError(f"{target} exists; name a new file")
+    partial.rename(target)
 
 
 def _snapshot(source: Path, partial: Path) -> None:

@@ -236,6 +236,8 @@ def poll(once: Annotated[bool, typer.Option("--once", help="Run one pass and exi
     """Read the Auth0 Management API logs from the checkpoint (non-zero exit on failure)."""
     settings = load_settings()
     configure_logging(settings.service_log_level)
+    if not settings.auth0_domain:  # before any database or token is made: cron mails what this prints
+        fail("set AUTH0_DOMAIN, AUTH0_CLIENT_ID and AUTH0_CLIENT_SECRET to poll", 2)
     prepare_database(settings)
     prepare_tokens(settings)
     from app.poller import run_poll_command

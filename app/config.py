@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import inspect
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AnyHttpUrl,
     BeforeValidator,
     Field,
@@ -19,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 from app.auth0.catalog import CATEGORIES, LOG_TYPES
 from app.payloads import check_authorization_setting, check_headers_setting, check_signing_secret_setting
@@ -28,15 +32,20 @@ _LEVEL_NAMES = ("debug", "info", "warning", "error", "critical")  # LOG_LEVEL 0-
 _LEVEL_ALIASES = {"warn": "warning", "fatal": "critical"}
 CommaSecrets = Annotated[list[SecretStr], NoDecode]
 MIN_EVENT_RETENTION = timedelta(days=1)
+# The longest duration any setting takes, "for ever" in practice: now - P1000000D is before year 1,
+# and the OverflowError stopped every purge of the housekeeping run that computed it.
+MAX_DURATION = timedelta(days=36500)
+_TOO_LONG = "must be at most 100 years (P36500D)"
 
 
 def _seconds(value: object) -> object:
-    """A number of seconds given as text ("60"): pydantic reads only ISO 8601 durations from text."""
+    """A number of seconds given as text ("60"): pydantic reads only ISO 8601 durations from text.
+    Trimmed either way, as every other setting is (" P2D " from a quoted .env line)."""
     if isinstance(value, str):
         try:
             return float(value.strip())
         except ValueError:
-            return value
+            return value.strip()
     return value
 
 
@@ -55,15 +64,27 @@ def _seconds_or_iso(value: object) -> object:
         raise ValueError("use seconds (10) or an ISO 8601 duration (PT10S)") from None
 
 
+def _at_most_max_duration(value: timedelta) -> timedelta:
+    if abs(value) > MAX_DURATION:
+        raise ValueError(_TOO_LONG)
+    return value
+
+
+def _at_most_max_seconds(value: float) -> float:
+    if abs(value) > MAX_DURATION.total_seconds():  # also "inf"
+        raise ValueError(_TOO_LONG)
+    return value
+
+
 def _lower(value: object) -> object:
     return value.strip().lower() if isinstance(value, str) else value
 
 
 LevelName = Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)]
 # A duration: seconds (60, "60") or ISO 8601 ("PT1M", "P3D").
-Duration = Annotated[timedelta, BeforeValidator(_seconds)]
+Duration = Annotated[timedelta, BeforeValidator(_seconds), AfterValidator(_at_most_max_duration)]
 # The same, kept as a number of seconds.
-Seconds = Annotated[float, BeforeValidator(_seconds_or_iso)]
+Seconds = Annotated[float, BeforeValidator(_seconds_or_iso), AfterValidator(_at_most_max_seconds)]
 
 
 def split_commas(value: object) -> object:
@@ -73,19 +94,88 @@ def split_commas(value: object) -> object:
 
 
 def normalise_database_url(url: str) -> str:
-    """Accept `sqlite:///x.db` and `postgresql://...` as people type them; pick the async driver."""
+    """Accept `sqlite:///x.db` and `postgresql://...` as people type them; pick the async driver.
+    Read here as the engine will read it, so that a typo is one line that names the setting, not a
+    traceback at the first connection (nor, for `sqlite://x.db`, a folder named `sqlite+aiosqlite:`)."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise ValueError("must look like sqlite:///path/to.db or postgresql://user@host:5432/db")
     base = scheme.lower().split("+", 1)[0]
     if base == "sqlite":
-        path = rest.removeprefix("/").partition("?")[0]
-        if path in ("", ":memory:") or "mode=memory" in rest:
-            raise ValueError("an in-memory SQLite database loses every event; give a file path")
-        return f"sqlite+aiosqlite://{rest}"
-    if base in ("postgresql", "postgres"):
-        return f"postgresql+asyncpg://{rest}"
-    raise ValueError(f"unsupported database {scheme!r}: use sqlite:/// or postgresql://")
+        normalised = f"sqlite+aiosqlite://{rest}"
+        _check_sqlite(normalised)
+    elif base in ("postgresql", "postgres"):
+        normalised = f"postgresql+asyncpg://{rest}"
+        _check_postgresql(normalised)
+    else:
+        raise ValueError(f"unsupported database {scheme!r}: use sqlite:/// or postgresql://")
+    return normalised
+
+
+def _parse(text: str) -> URL:
+    try:
+        return make_url(text)
+    except ValueError:  # int() of the port
+        raise ValueError(_NOT_A_NUMBER) from None
+
+
+def _check_connect_args(url: URL) -> Mapping[str, Any]:
+    """The arguments the dialect will connect with, or ValueError saying why it cannot. Its messages
+    name ports and parameters, never the password."""
+    try:
+        _, kwargs = url.get_dialect()().create_connect_args(url)
+    except ValueError:  # int() or float() of a parameter, such as timeout=
+        raise ValueError(_NOT_A_NUMBER) from None
+    except ArgumentError as exc:
+        raise ValueError(str(exc)) from None
+    return kwargs
+
+
+_NOT_A_NUMBER = (
+    "a port or a parameter is not a number (host:5432); percent-encode any @ : / ? # in the user name "
+    "or password (%40 for @)"
+)
+
+
+def _check_sqlite(text: str) -> None:
+    url = _parse(text)
+    if url.host or url.port or url.username or url.password or url.database is None:
+        raise ValueError(
+            "SQLite takes a file path after three slashes: sqlite:///relative/path.db or "
+            "sqlite:////absolute/path.db"
+        )
+    if url.database in ("", ":memory:") or url.query.get("mode") == "memory":
+        raise ValueError("an in-memory SQLite database loses every event; give a file path")
+    if url.database.endswith("/"):
+        raise ValueError("give the path of the database file, not of a folder")
+    if "uri" in url.query:  # the file SQLite would open is not the one made private, locked and backed up
+        raise ValueError("give the file path itself, without uri=")
+    _check_connect_args(url)
+
+
+def _check_postgresql(text: str) -> None:
+    import asyncpg  # type: ignore[import-untyped]
+
+    url = _parse(text)
+    kwargs = _check_connect_args(url)
+    if url.host and "@" in url.host:
+        raise ValueError("the host holds an @: percent-encode an @ in the user name or password as %40")
+    ports = kwargs.get("port")
+    for port in ports if isinstance(ports, list) else [ports]:
+        if port is not None and not 1 <= port <= 65535:
+            raise ValueError(f"port {port} is not a port (1-65535)")
+    # The query's other parameters are asyncpg.connect()'s (ssl=require, command_timeout=60, ...), and
+    # the engine's own prepared statement cache; an unknown one would fail every connection.
+    known = set(inspect.signature(asyncpg.connect).parameters) | {"prepared_statement_cache_size"}
+    known -= {"dsn", "loop", "connection_class", "record_class"}
+    for name in url.query:
+        if name == "sslmode":
+            raise ValueError("sslmode is libpq's name; asyncpg's is ssl: ?ssl=require (or verify-full, ...)")
+        if name not in known:
+            raise ValueError(
+                f"unknown parameter {name!r} in the query: it takes asyncpg.connect()'s, such as ssl, "
+                "host (a socket folder) and command_timeout"
+            )
 
 
 class Settings(BaseSettings):
@@ -150,7 +240,7 @@ class Settings(BaseSettings):
     # The webhook batch, as in the extensions (up to 1000); a logs request takes at most 100 of them.
     batch_size: int = Field(100, ge=1, le=1000)
     start_from: str | None = None
-    log_retention_days: int = Field(30, ge=1)
+    log_retention_days: int = Field(30, ge=1, le=MAX_DURATION.days)
     lag_warn_share: float = Field(0.5, gt=0, le=1)
     webhook_url: AnyHttpUrl | None = None
     authorization: SecretStr | None = None
@@ -171,7 +261,14 @@ class Settings(BaseSettings):
     def _poll_schedule(cls, value: str) -> str:
         from app.schedule import parse_schedule
 
-        return parse_schedule(value).text
+        too_long = f"an interval must be at most 100 years ({MAX_DURATION.days}d)"
+        try:
+            schedule = parse_schedule(value)
+        except OverflowError:  # more seconds than a timedelta holds
+            raise ValueError(too_long) from None
+        if schedule.interval is not None and schedule.interval > MAX_DURATION:
+            raise ValueError(too_long)
+        return schedule.text
 
     @field_validator("auth0_domain")
     @classmethod

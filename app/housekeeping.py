@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -27,19 +28,29 @@ PACE = retention.Pace()  # delivered outbox rows go at the pace events do
 
 async def run_housekeeping_loop(context: Context, stop: asyncio.Event) -> None:
     while not stop.is_set():
-        try:
-            await housekeep_once(context, stop)
-        except Exception:
-            log.exception("housekeeping failed")
+        await housekeep_once(context, stop)  # logs what fails, step by step
         await wait_or_stop(stop, PURGE_EVERY)
 
 
 async def housekeep_once(context: Context, stop: asyncio.Event | None = None) -> None:
+    """Each purge on its own: one that fails is logged and the others still run, so that a broken
+    purge of delivered rows, say, does not keep events past EVENT_RETENTION as well."""
     now = datetime.now(UTC)  # this host's clock: what is purged is compared with no other worker's
-    await purge_delivered(context, stop)
-    async with context.engine.begin() as conn:
-        await forget_expired_secrets(conn, now)
-    await retention.purge_expired(context, now, stop)
+
+    async def forget_secrets() -> None:
+        async with context.engine.begin() as conn:
+            await forget_expired_secrets(conn, now)
+
+    steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+        ("delivered outbox rows", lambda: purge_delivered(context, stop)),
+        ("expired signing secrets", forget_secrets),
+        ("events past the retention", lambda: retention.purge_expired(context, now, stop)),
+    ]
+    for step, purge in steps:
+        try:
+            await purge()
+        except Exception:
+            log.exception("housekeeping failed", extra={"step": step})
 
 
 async def purge_delivered(

@@ -171,6 +171,8 @@ def test_version(tmp_path: Path) -> None:
         (["serve"], {"MAX_BODY_BYTES": "tiny"}, "MAX_BODY_BYTES"),
         (["serve"], {"SIGNING_SECRET_GRACE": "P60D"}, "SIGNING_SECRET_GRACE"),
         (["migrate"], {"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+        (["migrate"], {"DELIVERY_KEEP_DELIVERED": "P1000000D"}, "DELIVERY_KEEP_DELIVERED"),
+        (["migrate"], {"EVENT_RETENTION": "P1000000D"}, "EVENT_RETENTION"),
         (["serve", "--port", "notanumber"], {}, "--port"),
     ],
 )
@@ -193,6 +195,9 @@ def test_every_duration_setting_takes_iso_8601(tmp_path: Path) -> None:
         DELIVERY_BACKOFF_MAX="PT1H",
         POLL_MAX_RUN_SECONDS="PT5M",
         DELIVERY_LEASE="PT1M",
+        # Spaces around a value are trimmed, as around seconds (a quoted .env line keeps them).
+        DELIVERY_MAX_AGE=" P2D ",
+        EVENT_RETENTION=" P30D ",
     )
     result = run(["migrate"], tmp_path, env)
     assert result.returncode == 0, result.stderr
@@ -226,6 +231,64 @@ def test_backup_while_serving_is_a_whole_checked_copy_that_serves(tmp_path: Path
         assert found.status_code == 200, found.text
 
 
+@contextlib.contextmanager
+def backups_held_at_the_copy(
+    tmp_path: Path, copy: Path, count: int
+) -> Iterator[list[subprocess.CompletedProcess[str]]]:
+    """`count` backups of a small database to `copy`, each held at its copy (past its check that
+    `copy` is free, its temporary file made) until the block ends, and their results after it: the
+    database is in rollback journal mode, and an exclusive lock keeps the backups' reads out."""
+    source = tmp_path / "source.db"
+    results: list[subprocess.CompletedProcess[str]] = []
+    with contextlib.closing(sqlite3.connect(source, isolation_level=None)) as db:
+        db.execute("CREATE TABLE t (x)")
+        db.execute("INSERT INTO t VALUES (1), (2), (3)")
+        db.execute("BEGIN EXCLUSIVE")
+        env = clean_env(DATABASE_URL=f"sqlite:///{source}")
+        command = [str(LOGRELAY), "backup", str(copy)]
+        backups = [
+            subprocess.Popen(
+                command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(count)
+        ]
+        try:
+            deadline = time.monotonic() + START_DEADLINE
+            while len(partials(copy)) < count and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(partials(copy)) == count, partials(copy)
+            yield results
+        finally:
+            db.execute("COMMIT")  # the backups go on, and end
+            for backup in backups:
+                stdout, stderr = backup.communicate(timeout=120)
+                results.append(subprocess.CompletedProcess(command, backup.returncode, stdout, stderr))
+
+
+def partials(copy: Path) -> list[Path]:
+    return sorted(copy.parent.glob(f".{copy.name}*.partial"))
+
+
+def test_a_backup_never_replaces_a_file_made_while_it_copies(tmp_path: Path) -> None:
+    copy = tmp_path / "copy.db"
+    with backups_held_at_the_copy(tmp_path, copy, 1) as results:
+        copy.write_bytes(b"made meanwhile")
+    one_clean_line(results[0], 2, str(copy), "exists")
+    assert copy.read_bytes() == b"made meanwhile"
+    assert partials(copy) == []
+
+
+def test_two_backups_to_one_path_make_one_whole_copy(tmp_path: Path) -> None:
+    copy = tmp_path / "copy.db"
+    with backups_held_at_the_copy(tmp_path, copy, 2) as results:
+        pass  # both are past their check that copy.db is free, with a temporary file each
+    assert sorted(result.returncode for result in results) == [0, 2], [r.stderr for r in results]
+    assert sqlite_count(copy, "t") == 3
+    with contextlib.closing(sqlite3.connect(copy)) as db:
+        assert db.execute("PRAGMA quick_check").fetchone() == ("ok",)
+    assert partials(copy) == []
+
+
 def test_backup_names_what_it_cannot_copy(tmp_path: Path) -> None:
     postgres = clean_env(DATABASE_URL="postgresql://postgres:hunter2-secret@127.0.0.1:5432/db")
     result = run(["backup", "copy.db"], tmp_path, postgres)
@@ -236,6 +299,25 @@ def test_backup_names_what_it_cannot_copy(tmp_path: Path) -> None:
     assert run(["migrate"], tmp_path, clean_env()).returncode == 0
     one_clean_line(run(["backup", "no/such/dir/copy.db"], tmp_path, clean_env()), 2, "not a directory")
     assert not (tmp_path / "none.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("sqlite://logrelay.db", "three slashes"),
+        ("postgresql://user:hunter2-secret@127.0.0.1:abc/db", "not a number"),
+        ("postgresql://user:hunter2-secret@127.0.0.1:99999/db", "1-65535"),
+        ("postgresql://user:hunter2-secret@127.0.0.1:5432/db?sslmode=require", "ssl=require"),
+    ],
+)
+def test_a_malformed_database_url_is_one_line_and_creates_nothing(
+    tmp_path: Path, url: str, named: str
+) -> None:
+    for command in (["migrate"], ["serve"]):
+        result = run(command, tmp_path, clean_env(DATABASE_URL=url))
+        one_clean_line(result, 2, "invalid setting DATABASE_URL", named)
+        assert "hunter2-secret" not in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no folder named "sqlite+aiosqlite:", no data dir
 
 
 def test_event_retention_is_checked_at_start(tmp_path: Path) -> None:
@@ -274,8 +356,9 @@ def test_a_schema_newer_than_this_release_is_refused_with_what_to_do(tmp_path: P
     assert run(["migrate"], tmp_path, env).returncode == 0
     with contextlib.closing(sqlite3.connect(tmp_path / "data" / "logrelay.db")) as conn, conn:
         conn.execute("UPDATE alembic_version SET version_num = '0099'")
+    poller = {"AUTH0_DOMAIN": "http://127.0.0.1:9", "AUTH0_CLIENT_ID": "id", "AUTH0_CLIENT_SECRET": "secret"}
     for command in (["migrate"], ["serve"], ["poll", "--once"]):
-        one_clean_line(run(command, tmp_path, env), 2, "revision 0099", "newer than this release")
+        one_clean_line(run(command, tmp_path, env | poller), 2, "revision 0099", "newer than this release")
 
 
 def test_a_port_that_is_taken_is_one_line_before_any_token_is_made(tmp_path: Path) -> None:
@@ -305,14 +388,52 @@ def test_a_bad_tls_certificate_stops_serve_before_any_token_is_made(tmp_path: Pa
 
 
 def test_whichever_command_generates_the_tokens_prints_them(tmp_path: Path) -> None:
-    env = clean_env()
-    first = run(["poll", "--once"], tmp_path, env)  # not configured: exits 2, after making the tokens
-    assert first.returncode == 2, first.stderr
-    token = re.search(r"LOG_STREAM_TOKEN=(\S+)", first.stderr)
-    assert token, first.stderr
-    assert orjson.loads((tmp_path / "data" / "tokens.json").read_bytes())["LOG_STREAM_TOKEN"] == token[1]
-    again = run(["poll", "--once"], tmp_path, env)
-    assert token[1] not in again.stderr
+    with refusing_auth0() as auth0_url:
+        env = clean_env(AUTH0_DOMAIN=auth0_url, AUTH0_CLIENT_ID="id", AUTH0_CLIENT_SECRET="secret")
+        first = run(["poll", "--once"], tmp_path, env)  # the pass fails (401), after making the tokens
+        assert first.returncode == 1, first.stderr
+        token = re.search(r"LOG_STREAM_TOKEN=(\S+)", first.stderr)
+        assert token, first.stderr
+        assert orjson.loads((tmp_path / "data" / "tokens.json").read_bytes())["LOG_STREAM_TOKEN"] == token[1]
+        again = run(["poll", "--once"], tmp_path, env)
+        assert again.returncode == 1, again.stderr
+        assert token[1] not in again.stderr
+
+
+@pytest.mark.parametrize("args", [["poll", "--once"], ["poll"]])
+def test_an_unconfigured_poll_refuses_before_it_makes_anything(tmp_path: Path, args: list[str]) -> None:
+    """From cron on a fresh DATA_DIR: no database, and no tokens printed to a mail nobody asked for."""
+    result = run(args, tmp_path, clean_env())
+    one_clean_line(result, 2, "set AUTH0_DOMAIN, AUTH0_CLIENT_ID and AUTH0_CLIENT_SECRET to poll")
+    assert "TOKEN" not in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+@contextlib.contextmanager
+def refusing_auth0() -> Iterator[str]:
+    """An Auth0 on 127.0.0.1 that refuses every client's credentials (401): its base URL."""
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b'{"error":"access_denied","error_description":"Unauthorized"}'
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:  # quiet
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+            thread.join()
 
 
 def test_dotenv_in_the_working_directory_is_read(tmp_path: Path) -> None:

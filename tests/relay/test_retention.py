@@ -16,8 +16,9 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.config import Settings
+from app.config import MAX_DURATION, Settings
 from app.delivery import deliver_once
+from app.housekeeping import housekeep_once
 from app.models import QuarantinedLine
 from app.retention import Pace, Purged, purge_expired
 from tests.conftest import READ_TOKEN, LiveServer, auth, bearer, read_metrics, sample, statements_naming
@@ -223,3 +224,35 @@ async def test_the_workers_purge_when_they_start(
                 return
             await asyncio.sleep(0.01)
     raise AssertionError(f"the workers did not purge: {left}")
+
+
+async def test_a_failing_purge_does_not_stop_the_others(
+    relay: LiveServer, api: httpx.AsyncClient, service_logs: pytest.LogCaptureFixture
+) -> None:
+    """The reviewer's case: a purge of delivered rows that raised (OverflowError, from a
+    DELIVERY_KEEP_DELIVERED the settings now refuse) ended the run before the events' purge."""
+    old, recent = make_event(date="2001-01-01T00:00:00.000Z"), make_event(date=iso(datetime.now(UTC)))
+    await ingest(api, [old, recent])
+    relay.context.settings.delivery_keep_delivered = timedelta(days=1_000_000)  # past validation
+    await housekeep_once(relay.context)
+    assert await stored(api) == {recent["log_id"]}
+    [failed] = [r for r in service_logs.records if r.getMessage() == "housekeeping failed"]
+    assert failed.step == "delivered outbox rows"  # type: ignore[attr-defined]
+    assert failed.exc_info is not None
+    assert failed.exc_info[0] is OverflowError
+
+
+async def test_the_longest_durations_purge(
+    relay_settings: Callable[..., Settings],
+    start_server: Callable[..., Any],
+    service_logs: pytest.LogCaptureFixture,
+) -> None:
+    """100 years, the most a duration setting takes, is "for ever" and computes a cutoff."""
+    longest = relay_settings(event_retention=MAX_DURATION, delivery_keep_delivered=MAX_DURATION)
+    server: LiveServer = await start_server(longest)
+    async with httpx.AsyncClient(base_url=server.base_url, headers=bearer(READ_TOKEN)) as api:
+        events = [make_event(date="1900-01-01T00:00:00.000Z"), make_event()]
+        await ingest(api, events)
+        await housekeep_once(server.context)
+        assert await stored(api) == {events[1]["log_id"]}
+    assert not [r for r in service_logs.records if r.getMessage() == "housekeeping failed"]

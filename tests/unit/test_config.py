@@ -47,7 +47,13 @@ def error_fields(info: pytest.ExceptionInfo[ValidationError]) -> set[str]:
         ("postgresql://logrelay:pw@db:5432/logrelay", "postgresql+asyncpg://logrelay:pw@db:5432/logrelay"),
         ("postgres://logrelay@db/logrelay", "postgresql+asyncpg://logrelay@db/logrelay"),
         ("postgresql+asyncpg://u@h:5432/d", "postgresql+asyncpg://u@h:5432/d"),
-        ("postgresql://u@h/d?sslmode=require", "postgresql+asyncpg://u@h/d?sslmode=require"),
+        ("postgresql://u@h/d?ssl=require", "postgresql+asyncpg://u@h/d?ssl=require"),
+        ("postgresql://u:p%40ss%2F@h:5432/d", "postgresql+asyncpg://u:p%40ss%2F@h:5432/d"),
+        ("postgresql://u@/d?host=/run/postgresql", "postgresql+asyncpg://u@/d?host=/run/postgresql"),
+        ("postgresql:///d", "postgresql+asyncpg:///d"),  # asyncpg: PGHOST, or the local socket
+        ("postgresql://u@/d?host=a:5432&host=b:5433", "postgresql+asyncpg://u@/d?host=a:5432&host=b:5433"),
+        ("postgresql://u@h/d?command_timeout=60", "postgresql+asyncpg://u@h/d?command_timeout=60"),
+        ("sqlite:///x.db?timeout=5", "sqlite+aiosqlite:///x.db?timeout=5"),
         ("SQLite:///x.db", "sqlite+aiosqlite:///x.db"),  # a scheme is case-insensitive
         ("Postgres://u@h/d", "postgresql+asyncpg://u@h/d"),
     ],
@@ -70,12 +76,26 @@ def test_database_url_forms(given: str, expected: str) -> None:
         "sqlite:///:memory:",
         "sqlite://",
         "sqlite:///file:x?mode=memory&uri=true",
+        # Read as the engine reads them, these failed at the first connection with a traceback.
+        "sqlite://logrelay.db",  # two slashes: a host, and a folder named "sqlite+aiosqlite:"
+        "sqlite:////",
+        "sqlite:///data/",
+        "sqlite:///file:x.db?uri=true",
+        "sqlite:///x.db?timeout=soon",
+        "postgresql://u:secret-pw@h:abc/d",
+        "postgresql://u:secret-pw@h:99999/d",
+        "postgresql://u:secret-pw@h1:5432,h2:5432/d",
+        "postgresql://u:secret@pw@h/d",  # an @ not percent-encoded
+        "postgresql://u:secret-pw@h/d?sslmode=require",  # libpq's name; asyncpg's is ssl
+        "postgresql://u:secret-pw@h/d?application=x",
+        "postgresql://u:secret-pw@/d?host=a:5432&host=b",
     ],
 )
 def test_bad_database_url_names_the_setting(url: str) -> None:
     with pytest.raises(ValidationError) as info:
         make(database_url=url)
     assert "database_url" in error_fields(info)
+    assert "secret" not in str(info.value)
 
 
 def test_database_url_defaults_to_sqlite_under_data_dir(tmp_path: Path) -> None:
@@ -146,6 +166,17 @@ def test_dotenv_file(tmp_path: Path) -> None:
         ("SIGNING_SECRET_GRACE", "-1"),
         ("WORKER_PORT", "0"),
         ("WORKER_PORT", "metrics"),
+        # Longer than 100 years: now - P1000000D is before year 1, and the purges that computed it failed.
+        ("DELIVERY_KEEP_DELIVERED", "P1000000D"),
+        ("EVENT_RETENTION", "P36501D"),
+        ("DELIVERY_MAX_AGE", "-P1000000D"),
+        ("DELIVERY_LEASE", "P1000000D"),
+        ("DELIVERY_BACKOFF_MAX", "inf"),
+        ("DELIVERY_POLL_INTERVAL", "1e12"),
+        ("POLL_MAX_RUN_SECONDS", "P1000000D"),
+        ("POLL_SCHEDULE", "36501d"),
+        ("POLL_SCHEDULE", "99999999999d"),  # an OverflowError in parsing, not a ValueError
+        ("LOG_RETENTION_DAYS", "1000000"),
     ],
 )
 def test_bad_values_name_the_setting(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
@@ -181,6 +212,7 @@ def test_defaults() -> None:
         ("0", timedelta(0)),
         ("PT90S", timedelta(seconds=90)),
         ("P3D", timedelta(days=3)),
+        (" P3D ", timedelta(days=3)),  # trimmed, as the seconds are
     ],
 )
 def test_durations_take_seconds_or_iso_8601(
@@ -227,6 +259,7 @@ def test_level_names_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
         ("P1D", timedelta(days=1)),
         ("86400", timedelta(days=1)),
         ("P30D", timedelta(days=30)),
+        (" P30D ", timedelta(days=30)),
     ],
 )
 def test_event_retention_is_unset_or_a_duration(value: str | None, expected: timedelta | None) -> None:

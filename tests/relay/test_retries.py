@@ -336,3 +336,18 @@ def test_batches_keep_a_failed_batch_whole_and_alone() -> None:
     claimed = [item(1, "b1"), item(2, "b1"), item(3, None), item(4, "b2"), item(5, None), item(6, "b1")]
     chunks = claims.batches(claimed, 2)
     assert [[i.id for i in chunk] for chunk in chunks] == [[1, 2], [3, 5], [4], [6]]
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "Mon, 23 Nov 2026 12:00:00 +99999999999999999999"])
+async def test_a_retry_after_that_cannot_be_read_is_ignored(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver, engine: AsyncEngine, value: str
+) -> None:
+    """A 503 stays a 503 whatever its Retry-After says: retried, not a dead letter."""
+    await add_destination(api, receiver.url)
+    await ingest(api, [make_event()])
+    receiver.answer(Answer(503, {"retry-after": value}, body=b"busy"))
+    await deliver_once(relay.context)
+    [row] = await rows(engine)
+    assert (row.status, row.last_status_code, row.last_error) == ("failed", 503, "HTTP 503: busy")
+    assert await next_round(relay.context) == 1
+    assert (await rows(engine))[0].status == "delivered"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from typing import Any
 
 import httpx
@@ -163,10 +164,43 @@ async def test_echoed_url_credentials_are_masked(
     await deliver_all(relay.context)
 
     [row] = (await api.get("/api/deliveries")).json()["items"]
-    assert row["last_error"] == "HTTP 400: refused Basic *** for ***"
+    assert row["last_error"] == "HTTP 400: refused *** for ***"
     for secret in ("url-password-4567", basic.removeprefix("Basic "), "url-user-0123"):
         await assert_never_shown(api, destination["id"], secret)
         assert secret not in service_logs.text
+
+
+async def test_echoed_credentials_are_masked_as_they_were_sent(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver, service_logs: pytest.LogCaptureFixture
+) -> None:
+    """Percent-escapes: Basic credentials are made of the decoded password, and the query goes out
+    as it is written."""
+    url = receiver.url.replace("http://", "http://alice:p%40ss%21word@") + "?token=abc%2Fdef%2B0123"
+    destination = await add_destination(api, url)
+    await ingest(api, [make_event()])
+    receiver.default = Answer(400, body=b"refused", echo=True)
+    await deliver_all(relay.context)
+
+    [request] = receiver.requests
+    credentials = request.headers["authorization"].removeprefix("Basic ")
+    assert base64.b64decode(credentials) == b"alice:p@ss!word"
+    [row] = (await api.get("/api/deliveries")).json()["items"]
+    assert row["last_error"] == "HTTP 400: refused /hook?token=*** ***"
+    for secret in (credentials, "p@ss!word", "p%40ss%21word", "abc%2Fdef%2B0123", "abc/def+0123"):
+        await assert_never_shown(api, destination["id"], secret)
+        assert secret not in service_logs.text
+
+
+async def test_an_echoed_authorization_credential_is_masked_without_its_scheme(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    destination = await add_destination(api, receiver.url, authorization=f"Bearer {SECRET}")
+    await ingest(api, [make_event()])
+    receiver.answer(Answer(401, body=f"unknown token {SECRET}".encode()))
+    await deliver_all(relay.context)
+    [row] = (await api.get("/api/deliveries")).json()["items"]
+    assert row["last_error"] == "HTTP 401: unknown token ***"
+    await assert_never_shown(api, destination["id"], SECRET)
 
 
 async def test_an_echoed_slack_webhook_path_is_masked(

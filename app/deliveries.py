@@ -147,6 +147,9 @@ async def replay(
             rows = list(await conn.execute(page))
             if not rows:
                 return queued
+            # Two replays at once would both queue the page: they take turns from here, where what
+            # waits already is read.
+            await take_turns(conn, REPLAY_LOCK, destination_id)
             await _require(conn, destination_id)  # deleted meanwhile: 404, not a foreign-key error
             queued += await _queue_page(conn, destination_id, wanted, rows)
         after = (rows[-1].date, rows[-1].log_id)
@@ -155,8 +158,8 @@ async def replay(
 async def _queue_page(
     conn: AsyncConnection, destination_id: int, wanted: EventFilter, rows: list[Any]
 ) -> int:
-    """Queue the page's matching events, but those already waiting for the destination."""
-    await take_turns(conn, REPLAY_LOCK, destination_id)  # two replays at once would both queue a page
+    """Queue the page's matching events, but those already waiting for the destination; the caller
+    takes turns (REPLAY_LOCK) first."""
     waiting = set(
         await conn.scalars(
             select(OutboxItem.log_id).where(

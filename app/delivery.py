@@ -139,21 +139,24 @@ async def send(context: Context, target: Target, events: Sequence[tuple[str, dic
     except Exception as exc:
         return _cannot_send(target, exc)
     response: httpx.Response | None = None
+    received: list[bytes] = []  # the answer's body as it comes, kept should the rest of it time out
     try:
         # httpx's timeout bounds each phase; asyncio's bounds the whole call (a slow-drip receiver).
         async with asyncio.timeout(timeout):
             response = await context.http.send(request, stream=True)
             try:
                 # Read (a bounded part of) every answer: a drained connection is reused for the next call.
-                answer = await _read_some(response)
+                await _read_some(response, received)
             finally:
                 await response.aclose()
     except Exception as exc:
-        if response is not None and response.is_success:
-            return Outcome(response.status_code)  # accepted: only reading the rest of its answer failed
-        return _not_sent(target, exc, timeout)
+        # Once the status and headers are in, they are the answer, whatever becomes of its body: a
+        # 2xx is accepted, a 400 rejected, and a 503's Retry-After honoured.
+        if response is None:
+            return _not_sent(target, exc, timeout)
     if response.is_success:
         return Outcome(response.status_code)
+    answer = b"".join(received)[:ERROR_BODY_BYTES].decode(errors="replace")
     retry_after = parse_retry_after(response.headers.get("retry-after"), _now())
     return Outcome(response.status_code, excerpt(_masked(answer, target)) or None, retry_after)
 
@@ -315,16 +318,15 @@ async def _load_events(context: Context, log_ids: list[str]) -> dict[str, dict[s
         return {row.log_id: row.data for row in rows}
 
 
-async def _read_some(response: httpx.Response) -> str:
-    chunks: list[bytes] = []
+async def _read_some(response: httpx.Response, into: list[bytes]) -> None:
+    """Read about ERROR_BODY_BYTES of the answer into `into`, chunk by chunk as they come."""
     size = 0
     with contextlib.suppress(httpx.HTTPError):
         async for chunk in response.aiter_bytes():
-            chunks.append(chunk)
+            into.append(chunk)
             size += len(chunk)
             if size >= ERROR_BODY_BYTES:
                 break
-    return b"".join(chunks)[:ERROR_BODY_BYTES].decode(errors="replace")
 
 
 def _log_round(claim: Claim, results: Sequence[Result]) -> None:

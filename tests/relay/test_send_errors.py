@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -217,3 +218,34 @@ async def test_an_echoed_slack_webhook_path_is_masked(
     for secret in ("T0SECRET1", "B0SECRET2", "SLACKTOKEN3456"):
         await assert_never_shown(api, destination["id"], secret)
         assert secret not in service_logs.text
+
+
+# The timeout must only ever end the stalled body: the status line comes well within it.
+@pytest.mark.parametrize("relay", [{"delivery_timeout": 2.0, "delivery_backoff_max": 600.0}], indirect=True)
+@pytest.mark.parametrize(
+    ("code", "headers", "status"), [(400, {}, "dead"), (503, {"retry-after": "120"}, "failed")]
+)
+async def test_an_answer_whose_body_stalls_keeps_its_status_and_headers(
+    relay: LiveServer,
+    api: httpx.AsyncClient,
+    receiver: Receiver,
+    engine: AsyncEngine,
+    code: int,
+    headers: dict[str, str],
+    status: str,
+) -> None:
+    """A 400 is a rejection and a 503's Retry-After is honoured, even when the rest of the body
+    never comes: what did come is the excerpt."""
+    await add_destination(api, receiver.url)
+    await ingest(api, [make_event()])
+    stalled = asyncio.Event()  # the rest of the body comes only after the delivery timed out
+    receiver.answer(Answer(code, headers, body=b"rejected: bad payload", stall=stalled))
+    try:
+        assert await deliver_once(relay.context) == 1
+    finally:
+        stalled.set()
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(OutboxItem))).one()
+    assert (row.status, row.last_status_code, row.last_error) == (status, code, f"HTTP {code}: r")
+    if status == "failed":
+        assert row.next_attempt_at - row.last_attempt_at >= timedelta(seconds=120)

@@ -119,7 +119,7 @@ async def claim_due(
     rounds = 1 if probe else free * (1 if target.per_call > 1 else SINGLE_ROUNDS)
     lease_until = now + lease
     limit = min(target.per_call * rounds, max(target.per_call, MAX_CLAIM))
-    leased = await _lease(conn, target, now, lease_until, limit, free)
+    leased = await _lease(conn, target, now, lease_until, limit, free, probe)
     items = await _drop_expired(conn, leased, now, policy)
     if not items:
         return None
@@ -147,13 +147,20 @@ async def _claimable(conn: AsyncConnection, destination_id: int, now: datetime) 
 
 
 async def _lease(
-    conn: AsyncConnection, target: Target, now: datetime, lease_until: datetime, limit: int, calls: int
+    conn: AsyncConnection,
+    target: Target,
+    now: datetime,
+    lease_until: datetime,
+    limit: int,
+    calls: int,
+    probe: bool,
 ) -> list[ClaimedItem]:
     """Lease up to `limit` due rows, oldest first (PostgreSQL: skipping rows another claim holds), for
-    `calls` calls, recorded on the first of them; none if the calls in flight now leave no room."""
+    `calls` calls, recorded on the first of them; none if the calls in flight now leave no room.
+    A probe leases only the rows that go in the oldest row's request (see _lease_query)."""
     values = {"destination": target.id, "now": now, "until": lease_until, "limit": limit}
     values |= {"calls": calls, "concurrent_calls": target.concurrent_calls}
-    result = await conn.execute(_LEASE[conn.dialect.name == "postgresql"], values)
+    result = await conn.execute(_LEASE[conn.dialect.name == "postgresql", probe], values)
     return sorted((ClaimedItem(*r) for r in result), key=lambda item: item.id)
 
 
@@ -216,22 +223,30 @@ def _claimable_query(postgres: bool) -> Select[Any]:
     return wanted
 
 
-def _lease_query(postgres: bool) -> ReturningUpdate[int, str, int, datetime, str | None]:
-    due = select(OutboxItem.id).where(_due()).order_by(OutboxItem.id).limit(bindparam("limit", type_=Integer))
+def _lease_query(postgres: bool, probe: bool) -> ReturningUpdate[int, str, int, datetime, str | None]:
+    columns = [OutboxItem.id, OutboxItem.batch_id] if probe else [OutboxItem.id]
+    due = select(*columns).where(_due()).order_by(OutboxItem.id).limit(bindparam("limit", type_=Integer))
     if postgres:
         due = due.with_for_update(skip_locked=True)
     picked = due.subquery()
     first = func.row_number().over(order_by=picked.c.id) == 1
-    ranked = select(picked.c.id, first.label("first")).subquery()
+    ranked = select(picked.c.id, first.label("first"))
+    if probe:
+        # A probe is one request, not one per batch among its rows: the rows that go with the oldest,
+        # its failed batch (again alone, under the same webhook-id) or rows never sent (batches()).
+        oldest_batch = func.first_value(picked.c.batch_id).over(order_by=picked.c.id)
+        ranked = ranked.add_columns(picked.c.batch_id.is_not_distinct_from(oldest_batch).label("with_oldest"))
+    taken = ranked.subquery()
     calls = bindparam("calls", type_=Integer)
     # Counted again by the statement that takes the rows: another claim may have come in since the read.
     room = _calls_in_flight() + calls <= bindparam("concurrent_calls", type_=Integer)
+    wanted = [OutboxItem.id == taken.c.id, room] + ([taken.c.with_oldest] if probe else [])
     return (
         update(OutboxItem)
-        .where(OutboxItem.id == ranked.c.id, room)
+        .where(*wanted)
         .values(
             lease_until=bindparam("until", type_=UTCDateTime()),
-            lease_calls=case((ranked.c.first, calls), else_=None),
+            lease_calls=case((taken.c.first, calls), else_=None),
             attempts=OutboxItem.attempts + 1,
             last_attempt_at=_NOW,
         )
@@ -242,7 +257,9 @@ def _lease_query(postgres: bool) -> ReturningUpdate[int, str, int, datetime, str
 
 
 _CLAIMABLE = {postgres: _claimable_query(postgres) for postgres in (False, True)}
-_LEASE = {postgres: _lease_query(postgres) for postgres in (False, True)}
+_LEASE = {
+    (postgres, probe): _lease_query(postgres, probe) for postgres in (False, True) for probe in (False, True)
+}
 
 
 def batches(items: Sequence[ClaimedItem], size: int) -> list[list[ClaimedItem]]:

@@ -58,11 +58,22 @@ RETENTION_LOCK = 0x6C720004
 
 
 async def take_turns(conn: AsyncConnection, key: int, sub: int = 0) -> None:
-    """Make transactions that read rows and then write on what they read take turns across replicas:
-    on PostgreSQL a transaction-level advisory lock on (key, sub), released when the transaction
-    ends. SQLite lets one writer in at a time already."""
+    """Make transactions that read rows and then write on what they read take turns across replicas
+    and processes; call it before those reads. PostgreSQL: a transaction-level advisory lock on
+    (key, sub). SQLite: the database's write lock (every key at once). Either is released when the
+    transaction ends."""
     if conn.dialect.name == "postgresql":
         await conn.execute(text("SELECT pg_advisory_xact_lock(:key, :sub)"), {"key": key, "sub": sub})
+    else:
+        await conn.execute(_SQLITE_WRITE_LOCK)
+
+
+# pysqlite begins a transaction only at the first write statement, so reads before it are no part of
+# it: two transactions could read the same "nothing yet" and both write. A write that changes nothing
+# begins the transaction and takes SQLite's write lock now (waiting up to busy_timeout for another
+# writer); the reads after it see every commit before. Only transactions that take turns pay this:
+# read-only ones (the query API) never wait for a writer.
+_SQLITE_WRITE_LOCK = text("UPDATE destinations SET id = id WHERE 0")
 
 
 async def db_now(conn: AsyncConnection) -> datetime:

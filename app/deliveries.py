@@ -67,15 +67,23 @@ async def list_deliveries(
 
 
 async def retry_delivery(conn: AsyncConnection, delivery_id: int) -> dict[str, Any]:
-    """Queue one row again now, with a fresh attempt budget and age; its destination is tried at once."""
+    """Queue one row again now, with a fresh attempt budget and age; its destination is tried at once.
+    A row being sent right now is left alone (409): the UPDATE itself checks the lease, so that a
+    claim committed since any read of ours keeps its row (and its share of concurrent_calls)."""
     now = await db_now(conn)  # the clock the row's lease was taken by: is it being sent right now?
-    row = (await conn.execute(select(*_ROW).where(OutboxItem.id == delivery_id))).first()
-    if row is None:
-        raise NotFound(f"no delivery with id {delivery_id}")
-    if row.lease_until is not None and row.lease_until > now:
+    free = or_(OutboxItem.lease_until.is_(None), OutboxItem.lease_until <= now)
+    retried = await conn.execute(
+        update(OutboxItem)
+        .where(OutboxItem.id == delivery_id, free)
+        .values(**_fresh(now))
+        .returning(OutboxItem.destination_id)
+    )
+    destination_id = retried.scalar_one_or_none()
+    if destination_id is None:
+        if await conn.scalar(select(OutboxItem.id).where(OutboxItem.id == delivery_id)) is None:
+            raise NotFound(f"no delivery with id {delivery_id}")
         raise Conflict(f"delivery {delivery_id} is being sent right now")
-    await conn.execute(update(OutboxItem).where(OutboxItem.id == delivery_id).values(**_fresh(now)))
-    await _wake(conn, row.destination_id)
+    await _wake(conn, destination_id)
     changed = (await conn.execute(select(*_ROW).where(OutboxItem.id == delivery_id))).one()
     return _delivery(changed._mapping, now)
 
@@ -147,6 +155,9 @@ async def replay(
             rows = list(await conn.execute(page))
             if not rows:
                 return queued
+            # Two replays at once would both queue the page: they take turns from here, where what
+            # waits already is read.
+            await take_turns(conn, REPLAY_LOCK, destination_id)
             await _require(conn, destination_id)  # deleted meanwhile: 404, not a foreign-key error
             queued += await _queue_page(conn, destination_id, wanted, rows)
         after = (rows[-1].date, rows[-1].log_id)
@@ -155,8 +166,8 @@ async def replay(
 async def _queue_page(
     conn: AsyncConnection, destination_id: int, wanted: EventFilter, rows: list[Any]
 ) -> int:
-    """Queue the page's matching events, but those already waiting for the destination."""
-    await take_turns(conn, REPLAY_LOCK, destination_id)  # two replays at once would both queue a page
+    """Queue the page's matching events, but those already waiting for the destination; the caller
+    takes turns (REPLAY_LOCK) first."""
     waiting = set(
         await conn.scalars(
             select(OutboxItem.log_id).where(

@@ -133,28 +133,30 @@ async def send(context: Context, target: Target, events: Sequence[tuple[str, dic
         body = render_body(target.kind, target.payload, events, target.as_batch)
         headers = signed_headers(target, body, message_id([log_id for log_id, _ in events], target.as_batch))
         url = httpx.URL(target.url)
-        if target.authorization and url.userinfo:
-            # httpx would turn the URL's user:password into an Authorization header over ours.
+        if url.userinfo:  # sent as our own Authorization header (authorization_of), or not at all
             url = url.copy_with(userinfo=b"")
         request = context.http.build_request("POST", url, content=body, headers=headers, timeout=timeout)
     except Exception as exc:
         return _cannot_send(target, exc)
     response: httpx.Response | None = None
+    received: list[bytes] = []  # the answer's body as it comes, kept should the rest of it time out
     try:
         # httpx's timeout bounds each phase; asyncio's bounds the whole call (a slow-drip receiver).
         async with asyncio.timeout(timeout):
             response = await context.http.send(request, stream=True)
             try:
                 # Read (a bounded part of) every answer: a drained connection is reused for the next call.
-                answer = await _read_some(response)
+                await _read_some(response, received)
             finally:
                 await response.aclose()
     except Exception as exc:
-        if response is not None and response.is_success:
-            return Outcome(response.status_code)  # accepted: only reading the rest of its answer failed
-        return _not_sent(target, exc, timeout)
+        # Once the status and headers are in, they are the answer, whatever becomes of its body: a
+        # 2xx is accepted, a 400 rejected, and a 503's Retry-After honoured.
+        if response is None:
+            return _not_sent(target, exc, timeout)
     if response.is_success:
         return Outcome(response.status_code)
+    answer = b"".join(received)[:ERROR_BODY_BYTES].decode(errors="replace")
     retry_after = parse_retry_after(response.headers.get("retry-after"), _now())
     return Outcome(response.status_code, excerpt(_masked(answer, target)) or None, retry_after)
 
@@ -183,23 +185,47 @@ def _cannot_send(target: Target, exc: Exception) -> Outcome:
 
 
 def _masked(text: str, target: Target) -> str:
-    """`text` with the destination's secrets masked (a receiver may echo our request back)."""
+    """`text` with the destination's secrets masked (a receiver may echo our request back), in the
+    form they go out in: the Authorization value we send (authorization_of) and its credentials
+    alone, and the URL's query values and Slack path as sent (percent-encoded) and decoded."""
     url = httpx.URL(target.url)
-    secrets = [target.authorization, target.signing_secret, target.previous_signing_secret, url.password]
-    if url.userinfo:  # and the Basic credentials httpx makes of them
-        secrets.append(base64.b64encode(url.userinfo).decode())
-    # Values long enough to be tokens (masking short ones, "v=1", would garble the text): query
-    # values, a user name, extra header values, and the path segments of a Slack webhook (its path
-    # is Slack's token).
-    candidates = [value for _, value in url.params.multi_items()] + [url.username]
+    authorization = authorization_of(target) or ""
+    user, password = _raw_userinfo(url)
+    secrets = [authorization, target.signing_secret, target.previous_signing_secret, url.password, password]
+    # Values long enough to be tokens (masking short ones, "v=1", would garble the text): the
+    # Authorization credentials without their scheme, query values, a user name, extra header
+    # values, and the path segments of a Slack webhook (its path is Slack's token).
+    raw_path, _, raw_query = url.raw_path.decode().partition("?")
+    candidates = [authorization.partition(" ")[2], url.username, user]
+    candidates += [value for _, value in url.params.multi_items()]
+    candidates += [pair.partition("=")[2] for pair in raw_query.split("&")]
     candidates += (target.headers or {}).values()
     if path_is_token(target.kind, url.host):
-        candidates += [part for part in url.path.split("/") if part != "services"]
+        segments = url.path.split("/") + raw_path.split("/")
+        candidates += [part for part in segments if part != "services"]
     secrets += [value for value in candidates if len(value) >= MIN_MASKED_CHARS]
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
+    # Longest first: a shorter secret inside a longer one would otherwise leave the rest of it shown.
+    for secret in sorted({secret for secret in secrets if secret}, key=len, reverse=True):
+        text = text.replace(secret, "***")
     return text
+
+
+def _raw_userinfo(url: httpx.URL) -> tuple[str, str]:
+    """The URL's user name and password as written, percent-escapes and all."""
+    user, _, password = url.userinfo.decode(errors="replace").partition(":")
+    return user, password
+
+
+def authorization_of(target: Target) -> str | None:
+    """The Authorization value a request carries: the destination's own, else Basic credentials
+    made of its URL's user:password, decoded (RFC 7617), as httpx would make them. Made here rather
+    than by httpx, so that _masked masks the very value that is sent."""
+    if target.authorization:
+        return target.authorization
+    url = httpx.URL(target.url)
+    if not url.userinfo:
+        return None
+    return "Basic " + base64.b64encode(f"{url.username}:{url.password}".encode()).decode()
 
 
 def signed_headers(target: Target, body: bytes, msg_id: str) -> dict[str, str]:
@@ -213,8 +239,8 @@ def signed_headers(target: Target, body: bytes, msg_id: str) -> dict[str, str]:
         "webhook-id": msg_id,
         "webhook-timestamp": str(int(sent_at.timestamp())),
     }
-    if target.authorization:
-        headers["Authorization"] = target.authorization
+    if authorization := authorization_of(target):
+        headers["Authorization"] = authorization
     secrets = [target.signing_secret]
     if target.previous_secret_expires_at and target.previous_secret_expires_at > sent_at:
         secrets.append(target.previous_signing_secret)  # a rotation's grace: receivers accept either
@@ -292,16 +318,15 @@ async def _load_events(context: Context, log_ids: list[str]) -> dict[str, dict[s
         return {row.log_id: row.data for row in rows}
 
 
-async def _read_some(response: httpx.Response) -> str:
-    chunks: list[bytes] = []
+async def _read_some(response: httpx.Response, into: list[bytes]) -> None:
+    """Read about ERROR_BODY_BYTES of the answer into `into`, chunk by chunk as they come."""
     size = 0
     with contextlib.suppress(httpx.HTTPError):
         async for chunk in response.aiter_bytes():
-            chunks.append(chunk)
+            into.append(chunk)
             size += len(chunk)
             if size >= ERROR_BODY_BYTES:
                 break
-    return b"".join(chunks)[:ERROR_BODY_BYTES].decode(errors="replace")
 
 
 def _log_round(claim: Claim, results: Sequence[Result]) -> None:

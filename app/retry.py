@@ -85,15 +85,19 @@ class RetryPolicy:
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
-    """Retry-After as delta-seconds or an HTTP date; None when absent or unreadable."""
+    """Retry-After as delta-seconds or an HTTP date; None when absent or unreadable.
+
+    Never raises: the receiver writes this header, and a value we cannot read must cost its events
+    no more than no header would.
+    """
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # isdigit() alone takes "²" (float() refuses) and "٣"
         return float(value)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a year or offset of 20 digits
         return None
     if when.tzinfo is None:
         return None

@@ -27,6 +27,7 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b"ok"
     stall: asyncio.Event | None = None  # once set, the rest of the body follows its first byte
+    echo: bool = False  # the body goes on with the request's target and Authorization, quoted back
 
 
 class Receiver:
@@ -81,15 +82,19 @@ class Receiver:
             self.in_flight -= 1
             if self.in_flight == 0 and self._gate.is_set():
                 self._gate = asyncio.Event()  # the next group gathers anew
+        body = answer.body
+        if answer.echo:
+            target = scope["raw_path"] + (b"?" + scope["query_string"] if scope["query_string"] else b"")
+            body += b" " + target + b" " + headers.get("authorization", "").encode()
         raw_headers = [(b"content-type", b"text/plain")]
         raw_headers += [(k.encode(), v.encode()) for k, v in answer.headers.items()]
         await send({"type": "http.response.start", "status": answer.status, "headers": raw_headers})
         if answer.stall is not None:
-            await send({"type": "http.response.body", "body": answer.body[:1], "more_body": True})
+            await send({"type": "http.response.body", "body": body[:1], "more_body": True})
             await answer.stall.wait()
-            await send({"type": "http.response.body", "body": answer.body[1:]})
+            await send({"type": "http.response.body", "body": body[1:]})
             return
-        await send({"type": "http.response.body", "body": answer.body})
+        await send({"type": "http.response.body", "body": body})
 
     def answer(self, *answers: Answer | int) -> None:
         self.script.extend(a if isinstance(a, Answer) else Answer(a) for a in answers)

@@ -11,13 +11,14 @@ import pytest
 from sqlalchemy import event, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import deliveries
+from app import claims, deliveries, outbox
 from app.delivery import deliver_destination_once, deliver_once
 from app.destinations import DestinationSpec, sync_env_destinations
 from app.housekeeping import purge_delivered
 from app.models import Destination, OutboxItem
 from app.outbox import new_item, queue
 from app.retention import Pace
+from app.retry import Outcome, RetryPolicy
 from tests.conftest import LiveServer, is_postgres, statements_naming
 from tests.factories import make_event
 from tests.relay.conftest import SLOW_BACKOFF, add_destination, deliver_all, ingest, statuses
@@ -87,6 +88,44 @@ async def test_retry_one_delivery_and_all_dead_letters(
 
     assert (await api.post("/api/deliveries/999999/retry")).status_code == 404
     assert (await api.post("/api/destinations/999999/retry-dead")).status_code == 404
+
+
+async def test_a_retry_leaves_alone_a_row_claimed_while_it_was_asked(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver, engine: AsyncEngine
+) -> None:
+    """A worker claims the row after the retry could have read it unleased, before its write: the
+    worker's transaction holds the row (PostgreSQL) or the write lock (SQLite) until the retry's
+    UPDATE is under way, then commits."""
+    destination = await add_destination(api, receiver.url, send_as_batch=False)
+    await ingest(api, [make_event()])
+    settings, policy = relay.context.settings, RetryPolicy()
+    updating = asyncio.Event()
+
+    def on_execute(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().startswith("UPDATE outbox_items"):
+            updating.set()
+
+    sync_engine = relay.context.engine.sync_engine
+    event.listen(sync_engine, "before_cursor_execute", on_execute)
+    try:
+        async with engine.begin() as conn:  # worker A
+            claim = await claims.claim_due(conn, destination["id"], settings.delivery_lease, policy)
+            assert claim is not None
+            [row] = claim.items
+            retry = asyncio.create_task(api.post(f"/api/deliveries/{row.id}/retry"))
+            await updating.wait()
+        answer = await retry
+    finally:
+        event.remove(sync_engine, "before_cursor_execute", on_execute)
+
+    assert answer.status_code == 409, answer.text
+    async with engine.connect() as conn:
+        lease = (await conn.execute(select(OutboxItem.lease_until, OutboxItem.lease_calls))).one()
+    assert tuple(lease) == (claim.lease_until, claim.calls)  # worker A still holds it, and its call
+    async with engine.begin() as conn:  # worker B finds nothing to send
+        assert await claims.claim_due(conn, destination["id"], settings.delivery_lease, policy) is None
+        await outbox.record_outcomes(conn, claim, [(claim.items, Outcome(200))], policy)  # A's answer
+    assert await statuses(api, destination["id"]) == {"pending": 0, "failed": 0, "delivered": 1, "dead": 0}
 
 
 async def test_replay_requeues_stored_events(

@@ -187,6 +187,27 @@ async def test_a_destination_that_is_down_costs_one_attempt_per_backoff_step(
     assert await statuses(api, destination["id"]) == {"pending": 0, "failed": 0, "delivered": 100, "dead": 0}
 
 
+async def test_a_probe_is_one_request_however_many_batches_wait(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver, engine: AsyncEngine
+) -> None:
+    """Low traffic during an outage: an event comes between probes. Each probe sends the failed
+    batch again, alone; the events that came meanwhile wait, and go as one batch once it is up."""
+    destination = await add_destination(api, receiver.url, batch_size=100, concurrent_calls=5)
+    receiver.default = Answer(503)
+    for step in range(1, 7):
+        await ingest(api, [make_event()])
+        await next_round(relay.context)
+        assert len(receiver.requests) == step
+    assert len({r.headers["webhook-id"] for r in receiver.requests}) == 1
+    assert Counter(row.attempts for row in await rows(engine)) == {6: 1, 0: 5}
+
+    receiver.default = Answer(200)
+    await next_round(relay.context)  # the probe succeeds
+    await deliver_all(relay.context)
+    assert [len(r.json()) for r in receiver.requests[6:]] == [1, 5]
+    assert await statuses(api, destination["id"]) == {"pending": 0, "failed": 0, "delivered": 6, "dead": 0}
+
+
 async def test_receiver_down_then_back_delivers_everything(
     relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver
 ) -> None:
@@ -318,8 +339,9 @@ async def test_a_failed_batch_is_retried_as_the_same_batch_under_the_same_webhoo
 
     later = [make_event(type="f") for _ in range(4)]
     await ingest(api, later)  # room for them in the failed batch: they go in a batch of their own
-    assert await next_round(relay.context) == 7
-    retried, fresh = sorted(receiver.requests[1:], key=lambda r: r.headers["webhook-id"] != batch_id)
+    assert await next_round(relay.context) == 3  # the probe: the failed batch alone
+    assert await deliver_once(relay.context) == 4  # back up: the others
+    retried, fresh = receiver.requests[1:]
     assert retried.headers["webhook-id"] == batch_id
     assert retried.json() == failed.json()
     assert [e["log_id"] for e in fresh.json()] == [e["log_id"] for e in later]
@@ -336,3 +358,18 @@ def test_batches_keep_a_failed_batch_whole_and_alone() -> None:
     claimed = [item(1, "b1"), item(2, "b1"), item(3, None), item(4, "b2"), item(5, None), item(6, "b1")]
     chunks = claims.batches(claimed, 2)
     assert [[i.id for i in chunk] for chunk in chunks] == [[1, 2], [3, 5], [4], [6]]
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "Mon, 23 Nov 2026 12:00:00 +99999999999999999999"])
+async def test_a_retry_after_that_cannot_be_read_is_ignored(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver, engine: AsyncEngine, value: str
+) -> None:
+    """A 503 stays a 503 whatever its Retry-After says: retried, not a dead letter."""
+    await add_destination(api, receiver.url)
+    await ingest(api, [make_event()])
+    receiver.answer(Answer(503, {"retry-after": value}, body=b"busy"))
+    await deliver_once(relay.context)
+    [row] = await rows(engine)
+    assert (row.status, row.last_status_code, row.last_error) == ("failed", 503, "HTTP 503: busy")
+    assert await next_round(relay.context) == 1
+    assert (await rows(engine))[0].status == "delivered"

@@ -5,8 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.retry import Outcome, RetryPolicy, excerpt, is_retryable, parse_retry_after, verdict_of
+from tests.strategies import DETERMINISTIC
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -72,12 +75,39 @@ def test_gives_up_on_attempts_or_age() -> None:
         ("Mon, 23 Nov 2026 11:00:00 GMT", 0.0),
         ("soon", None),
         ("-5", None),
+        ("\u00b2", None),  # str.isdigit() says yes; float() refuses it
+        ("\u0661\u0662", None),  # Arabic-Indic 12: float() reads it, HTTP does not
+        ("Mon, 23 Nov 2026 12:00:00 +99999999999999999999", None),  # OverflowError in the parser
+        ("Mon, 23 Nov 99999999999999999999 12:00:00 GMT", None),
         ("", None),
         (None, None),
     ],
 )
 def test_parse_retry_after(value: str | None, seconds: float | None) -> None:
     assert parse_retry_after(value, NOW) == seconds
+
+
+_NUMBER = st.integers(min_value=0, max_value=10**25).map(str)
+# Text that looks like a number or an HTTP date, with odd numbers in every field of the date.
+_NUMBER_LIKE = st.text(st.characters(categories=("Nd", "No")), min_size=1, max_size=4)
+_DATE_LIKE = st.builds(
+    "{}, {} {} {} {}:{}:{} {}".format,
+    st.sampled_from(["Mon", "Sun", "Xyz"]),
+    _NUMBER,
+    st.sampled_from(["Jan", "Nov", "Foo"]),
+    _NUMBER,
+    _NUMBER,
+    _NUMBER,
+    _NUMBER,
+    st.sampled_from(["GMT", "UTC", "EST", "Z"]) | st.builds("{}{}".format, st.sampled_from("+-"), _NUMBER),
+)
+
+
+@DETERMINISTIC
+@given(st.text() | _NUMBER_LIKE | _DATE_LIKE)
+def test_parse_retry_after_never_raises(value: str) -> None:
+    seconds = parse_retry_after(value, NOW)
+    assert seconds is None or seconds >= 0
 
 
 def test_excerpt_is_short_and_one_line() -> None:

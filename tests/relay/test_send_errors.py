@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -163,10 +165,43 @@ async def test_echoed_url_credentials_are_masked(
     await deliver_all(relay.context)
 
     [row] = (await api.get("/api/deliveries")).json()["items"]
-    assert row["last_error"] == "HTTP 400: refused Basic *** for ***"
+    assert row["last_error"] == "HTTP 400: refused *** for ***"
     for secret in ("url-password-4567", basic.removeprefix("Basic "), "url-user-0123"):
         await assert_never_shown(api, destination["id"], secret)
         assert secret not in service_logs.text
+
+
+async def test_echoed_credentials_are_masked_as_they_were_sent(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver, service_logs: pytest.LogCaptureFixture
+) -> None:
+    """Percent-escapes: Basic credentials are made of the decoded password, and the query goes out
+    as it is written."""
+    url = receiver.url.replace("http://", "http://alice:p%40ss%21word@") + "?token=abc%2Fdef%2B0123"
+    destination = await add_destination(api, url)
+    await ingest(api, [make_event()])
+    receiver.default = Answer(400, body=b"refused", echo=True)
+    await deliver_all(relay.context)
+
+    [request] = receiver.requests
+    credentials = request.headers["authorization"].removeprefix("Basic ")
+    assert base64.b64decode(credentials) == b"alice:p@ss!word"
+    [row] = (await api.get("/api/deliveries")).json()["items"]
+    assert row["last_error"] == "HTTP 400: refused /hook?token=*** ***"
+    for secret in (credentials, "p@ss!word", "p%40ss%21word", "abc%2Fdef%2B0123", "abc/def+0123"):
+        await assert_never_shown(api, destination["id"], secret)
+        assert secret not in service_logs.text
+
+
+async def test_an_echoed_authorization_credential_is_masked_without_its_scheme(
+    relay: LiveServer, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    destination = await add_destination(api, receiver.url, authorization=f"Bearer {SECRET}")
+    await ingest(api, [make_event()])
+    receiver.answer(Answer(401, body=f"unknown token {SECRET}".encode()))
+    await deliver_all(relay.context)
+    [row] = (await api.get("/api/deliveries")).json()["items"]
+    assert row["last_error"] == "HTTP 401: unknown token ***"
+    await assert_never_shown(api, destination["id"], SECRET)
 
 
 async def test_an_echoed_slack_webhook_path_is_masked(
@@ -183,3 +218,34 @@ async def test_an_echoed_slack_webhook_path_is_masked(
     for secret in ("T0SECRET1", "B0SECRET2", "SLACKTOKEN3456"):
         await assert_never_shown(api, destination["id"], secret)
         assert secret not in service_logs.text
+
+
+# The timeout must only ever end the stalled body: the status line comes well within it.
+@pytest.mark.parametrize("relay", [{"delivery_timeout": 2.0, "delivery_backoff_max": 600.0}], indirect=True)
+@pytest.mark.parametrize(
+    ("code", "headers", "status"), [(400, {}, "dead"), (503, {"retry-after": "120"}, "failed")]
+)
+async def test_an_answer_whose_body_stalls_keeps_its_status_and_headers(
+    relay: LiveServer,
+    api: httpx.AsyncClient,
+    receiver: Receiver,
+    engine: AsyncEngine,
+    code: int,
+    headers: dict[str, str],
+    status: str,
+) -> None:
+    """A 400 is a rejection and a 503's Retry-After is honoured, even when the rest of the body
+    never comes: what did come is the excerpt."""
+    await add_destination(api, receiver.url)
+    await ingest(api, [make_event()])
+    stalled = asyncio.Event()  # the rest of the body comes only after the delivery timed out
+    receiver.answer(Answer(code, headers, body=b"rejected: bad payload", stall=stalled))
+    try:
+        assert await deliver_once(relay.context) == 1
+    finally:
+        stalled.set()
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(OutboxItem))).one()
+    assert (row.status, row.last_status_code, row.last_error) == (status, code, f"HTTP {code}: r")
+    if status == "failed":
+        assert row.next_attempt_at - row.last_attempt_at >= timedelta(seconds=120)

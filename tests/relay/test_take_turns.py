@@ -1,0 +1,112 @@
+"""Transactions that read and then write on what they read take turns (app.db.take_turns), on SQLite
+as on PostgreSQL. Each test holds the turn in a transaction of its own while two contenders reach
+it, then lets go: both have read by then unless the turn keeps them out, so a broken turn shows every
+time, not by chance."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import event, func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.config import Settings
+from app.db import ENV_DESTINATIONS_LOCK, REPLAY_LOCK, make_engine, take_turns
+from app.destinations import DestinationSpec, sync_env_destinations
+from app.models import Destination, OutboxItem
+from tests.conftest import LiveServer
+from tests.factories import make_event
+from tests.relay.conftest import add_destination, ingest
+
+
+@contextlib.asynccontextmanager
+async def turn_held(engine: AsyncEngine, key: int, sub: int = 0) -> AsyncIterator[None]:
+    """Another process's transaction that holds the turn and writes: on SQLite a writer holds the
+    database's write lock whatever take_turns does."""
+    async with engine.begin() as conn:
+        await take_turns(conn, key, sub)
+        await conn.execute(update(Destination).values(updated_at=Destination.updated_at))
+        yield
+
+
+@contextlib.contextmanager
+def waiting(engines: list[AsyncEngine], count: int) -> Iterator[asyncio.Event]:
+    """Set once `count` statements that wait for a held turn were sent on `engines`: a take_turns,
+    or a write (SQLite makes a write wait for the write lock)."""
+    reached = asyncio.Event()
+    seen: list[str] = []
+
+    def on_execute(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        words = statement.lstrip().split(None, 1)
+        if "pg_advisory_xact_lock" in statement or words[0].upper() in ("INSERT", "UPDATE", "DELETE"):
+            seen.append(statement)
+            if len(seen) >= count:
+                reached.set()
+
+    for engine in engines:
+        event.listen(engine.sync_engine, "before_cursor_execute", on_execute)
+    try:
+        yield reached
+    finally:
+        for engine in engines:
+            event.remove(engine.sync_engine, "before_cursor_execute", on_execute)
+
+
+async def test_processes_starting_together_create_the_env_destination_once(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    """`serve --workers 2`: each process applies FORWARD_URL at start-up."""
+    specs = [DestinationSpec(name="forward", url="https://siem.example.com/in")]
+    processes = [make_engine(settings) for _ in range(2)]
+
+    async def start(process: AsyncEngine) -> None:
+        async with process.begin() as conn:
+            await sync_env_destinations(conn, specs, timedelta(days=1))
+
+    try:
+        with waiting(processes, 2) as both_waiting:
+            async with turn_held(engine, ENV_DESTINATIONS_LOCK):
+                starts = asyncio.gather(*(start(process) for process in processes), return_exceptions=True)
+                await both_waiting.wait()
+            assert await starts == [None, None]
+    finally:
+        await asyncio.gather(*(process.dispose() for process in processes))
+    async with engine.connect() as conn:
+        assert await conn.scalar(select(func.count()).select_from(Destination)) == 1
+
+
+async def test_replays_at_once_queue_each_event_once(
+    relay: LiveServer, api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    events = [make_event() for _ in range(50)]
+    await ingest(api, events)
+    destination = await add_destination(api, "https://hooks.example.com/in")  # failures: "f"
+    path = f"/api/destinations/{destination['id']}/replay"
+
+    with waiting([relay.context.engine], 2) as both_waiting:
+        async with turn_held(engine, REPLAY_LOCK, destination["id"]):
+            replays = asyncio.gather(api.post(path), api.post(path))
+            await both_waiting.wait()
+        answers = await replays
+    assert sorted(answer.json()["queued"] for answer in answers) == [0, len(events)]
+    async with engine.connect() as conn:
+        queued = select(func.count(OutboxItem.id), func.count(OutboxItem.log_id.distinct()))
+        assert tuple((await conn.execute(queued)).one()) == (len(events), len(events))
+
+
+async def test_reads_do_not_wait_for_a_held_turn(
+    relay: LiveServer, api: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """Only transactions that take turns wait: the query API reads beside a writer."""
+    await ingest(api, [make_event()])
+    async with turn_held(engine, REPLAY_LOCK):
+        assert (await api.get("/api/deliveries")).status_code == 200
+        assert (await api.get("/api/destinations")).status_code == 200
+        events = await api.get("/api/events")
+        assert events.status_code == 200
+        assert len(events.json()["events"]) == 1

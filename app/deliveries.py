@@ -13,7 +13,7 @@ from sqlalchemy import and_, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.auth0.catalog import CATEGORIES, LOG_TYPES
-from app.db import REPLAY_LOCK, db_clock, db_now, take_turns
+from app.db import REPLAY_LOCK, RETENTION_LOCK, db_clock, db_now, take_turns
 from app.errors import Conflict, NotFound, Unprocessable
 from app.filters import EventFilter
 from app.models import Destination, LogEvent, OutboxItem
@@ -152,12 +152,13 @@ async def replay(
     while True:
         page = query if after is None else query.where(tuple_(LogEvent.date, LogEvent.log_id) > after)
         async with engine.begin() as conn:
+            # Turns before any read: two replays at once would both queue the page, and a purge
+            # chunk between this read and the queueing would delete events about to wait here.
+            await take_turns(conn, REPLAY_LOCK, destination_id)
+            await take_turns(conn, RETENTION_LOCK)
             rows = list(await conn.execute(page))
             if not rows:
                 return queued
-            # Two replays at once would both queue the page: they take turns from here, where what
-            # waits already is read.
-            await take_turns(conn, REPLAY_LOCK, destination_id)
             await _require(conn, destination_id)  # deleted meanwhile: 404, not a foreign-key error
             queued += await _queue_page(conn, destination_id, wanted, rows)
         after = (rows[-1].date, rows[-1].log_id)

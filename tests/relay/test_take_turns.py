@@ -8,17 +8,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import event, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
-from app.db import ENV_DESTINATIONS_LOCK, REPLAY_LOCK, make_engine, take_turns
+from app.db import ENV_DESTINATIONS_LOCK, REPLAY_LOCK, RETENTION_LOCK, make_engine, take_turns
 from app.destinations import DestinationSpec, sync_env_destinations
 from app.models import Destination, OutboxItem
+from app.retention import purge_events_chunk
 from tests.conftest import LiveServer
 from tests.factories import make_event
 from tests.relay.conftest import add_destination, ingest
@@ -110,3 +112,33 @@ async def test_reads_do_not_wait_for_a_held_turn(
         events = await api.get("/api/events")
         assert events.status_code == 200
         assert len(events.json()["events"]) == 1
+
+
+@pytest.mark.parametrize("also_replaying", [False, True], ids=["purging", "purging-and-replaying"])
+async def test_a_replay_never_queues_an_event_that_a_purge_deletes_meanwhile(
+    relay: LiveServer, api: httpx.AsyncClient, engine: AsyncEngine, also_replaying: bool
+) -> None:
+    """A purge chunk that runs while a replay waits for its turn: the replay reads its page after it,
+    so it queues nothing for the purged events, and no pending row is left without its event. A
+    purge holds the retention turn only; holding the replay's own as well makes the replay wait at
+    its first turn, which is where the code before read its page."""
+    old = datetime.now(UTC) - timedelta(days=400)
+    events = [make_event(date=old.isoformat().replace("+00:00", "Z")) for _ in range(5)]
+    await ingest(api, events)
+    destination = await add_destination(api, "https://hooks.example.com/in")  # failures: "f"
+    path = f"/api/destinations/{destination['id']}/replay"
+
+    with waiting([relay.context.engine], 1) as replay_waits:
+        async with engine.begin() as conn:  # a purge chunk, as retention runs one
+            await take_turns(conn, RETENTION_LOCK)
+            if also_replaying:
+                await take_turns(conn, REPLAY_LOCK, destination["id"])
+            replay = asyncio.create_task(api.post(path))
+            await replay_waits.wait()
+            purged, _ = await purge_events_chunk(conn, old + timedelta(days=1), None, 100)
+            assert purged == len(events)
+        answer = await replay
+    assert answer.status_code == 200
+    assert answer.json()["queued"] == 0
+    async with engine.connect() as conn:
+        assert await conn.scalar(select(func.count()).select_from(OutboxItem)) == 0

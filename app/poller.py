@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -25,10 +26,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app import metrics, poller_state, reports
 from app.auth0 import management
 from app.auth0.management import LogsPage, ManagementClient, ManagementError
-from app.auth0.stream import to_event
+from app.auth0.stream import StreamEvent, to_event
 from app.config import Settings
 from app.context import Context, open_context
-from app.ingest import Batch, store_batches, to_rows
+from app.ingest import Batch, parse_date, store_batches, to_rows
 from app.schedule import parse_schedule
 from app.stopping import Wait, wait_or_stop
 
@@ -40,6 +41,8 @@ MAX_RATE_WAIT = 60.0  # never trust a reset further away than this (clock skew);
 RATE_BACKOFF = 1.0  # seconds after a first 429 in a row, doubled for each further one
 MAX_RETRY_AFTER = 3600.0  # a Retry-After is honoured up to this
 LEASE_MARGIN = 60.0  # a SQLite lease outlives the pass budget by this much
+# A log's id carries the time Auth0 stored it, never before its date; this allows for the two clocks.
+START_MARGIN = timedelta(minutes=1)
 
 
 @dataclass(slots=True)
@@ -50,7 +53,7 @@ class PassResult:
     run_id: int | None = None
     start_checkpoint: str | None = None
     checkpoint: str | None = None
-    logs_read: int = 0  # each log once, though the first page is read twice
+    logs_read: int = 0  # each log once, though the oldest logs are read twice (see _Pass._find_start)
     stored: int = 0
     pages: int = 0
     rate_limit_waits: int = 0
@@ -118,7 +121,7 @@ class _Cursor:
     checkpoint: str | None
     start_from: str | None
     dirty: bool = False  # START_FROM moved it: save even if no page follows
-    reread: set[str] = field(default_factory=set)  # the date-sorted page's ids, read again by id
+    oldest_id: str | None = None  # the smallest id of the oldest logs by date, when read this pass
 
 
 def rate_limit_wait(limited: management.RateLimited, in_a_row: int, now: float) -> float:
@@ -203,9 +206,17 @@ class _Pass:
         while True:
             if self.stop.is_set() or time.monotonic() >= self.deadline:
                 raise _Stopped("")  # not a warning: the next pass continues from the checkpoint
+            if cursor.checkpoint is None:
+                if not await self._find_start(client):
+                    self.result.caught_up = True  # Auth0 keeps no logs
+                    return
+                continue
             try:
                 page = await self._fetch(client)
             except management.UnknownCheckpoint as exc:
+                if management.is_date_checkpoint(cursor.checkpoint):
+                    await self._start_at_oldest(str(exc))
+                    continue
                 if fell_back:
                     raise
                 fell_back = True
@@ -218,11 +229,57 @@ class _Pass:
                 continue
             if not page.items:
                 if cursor.dirty:
-                    await self._save([])
+                    await self._save([], [])
                 self.result.caught_up = True
                 return
-            await self._save(page.items)
+            await self._save(*_events(page.items))
             await self._respect_rate_limit(page)
+
+    async def _find_start(self, client: ManagementClient) -> bool:
+        """With no checkpoint: store the oldest logs by date, and go on by id from their earliest date
+        (less START_MARGIN), as START_FROM's date form does. Their own smallest id would skip a log
+        stored before them but dated after them, which has a smaller id than all of them; no log is
+        stored before its date, so none has an id before that start. False when Auth0 keeps no logs.
+
+        Read again by id, these logs count then; the one at the smallest id counts now if Auth0
+        refuses that start and reading goes on from it instead (it is not read again)."""
+        page = await self._fetch(client)
+        if not page.items:
+            return False
+        events, ids = _events(page.items)
+        if not ids:
+            await self._save(events, ids)  # stores them under a hash, and fails the pass
+        dates = [at for item in page.items if (at := parse_date(item.get("date"))) is not None]
+        id_dates = [at for log_id in ids if (at := management.date_of_log_id(log_id)) is not None]
+        if dates and len(id_dates) == len(ids):
+            earliest = min([*dates, *id_dates])
+            self.cursor.oldest_id = min(ids)
+            await self._store(events, management.log_id_at(earliest - START_MARGIN), read=0)
+        else:  # ids of another shape, or no dates: as the extensions did
+            self.cursor.oldest_id = None
+            await self._store(events, min(ids), read=1)
+        await self._respect_rate_limit(page)
+        return True
+
+    async def _start_at_oldest(self, why: str) -> None:
+        """Auth0 refused a checkpoint made from a date (START_FROM's, or _find_start's), as it may one
+        before its oldest log: no log was read from there, so none is lost. Go on from the oldest
+        logs' smallest id when this pass has stored them, else from the oldest retained log."""
+        cursor = self.cursor
+        if cursor.oldest_id is None:
+            log.info(
+                "Auth0 refused a checkpoint made from a date; reading from its oldest log",
+                extra={"reason": why},
+            )
+            cursor.checkpoint, cursor.dirty = None, False
+            return
+        # A log stored before the oldest logs but dated after them is then out of reach.
+        log.warning(
+            "Auth0 refused a checkpoint made from a date; reading on from its oldest logs' smallest id",
+            extra={"reason": why},
+        )
+        oldest_id, cursor.oldest_id = cursor.oldest_id, None
+        await self._store([], oldest_id, read=1)  # that log is stored and not read again
 
     async def _fetch(self, client: ManagementClient) -> LogsPage:
         """One page; waits out a 429 and asks again after a transient failure, within the budget."""
@@ -274,40 +331,40 @@ class _Pass:
         if self.stop.is_set():
             raise _Stopped("")
 
-    async def _save(self, items: list[dict[str, object]]) -> None:
-        """Store one page and move the checkpoint to its end, in one transaction."""
+    async def _save(self, events: list[StreamEvent], ids: list[str]) -> None:
+        """Store one page read by id and move the checkpoint to its end."""
+        await self._store(events, ids[-1] if ids else self.cursor.checkpoint, read=len(events))
+        if events and not ids:
+            raise ManagementError(
+                f"Auth0 returned a page of {len(events)} logs without ids; the checkpoint cannot move"
+            )
+
+    async def _store(self, events: list[StreamEvent], checkpoint: str | None, *, read: int) -> None:
+        """Store the events and move the checkpoint, in one transaction; `read` logs count as read."""
         cursor, result = self.cursor, self.result
         received_at = datetime.now(UTC)
-        events = [to_event(item) for item in items]
-        for event in events:
-            if event.id_generated:
-                log.warning(
-                    "Auth0 returned a log without _id or log_id; stored under a hash of its content",
-                    extra={"log_id": event.log_id, "type": event.data.get("type")},
-                )
-        ids = [e.log_id for e in events if not e.id_generated]
-        read = len(items) - sum(1 for i in ids if i in cursor.reread)
-        if cursor.checkpoint is None and ids:
-            # The first page is sorted by date, not by id: continue from its smallest id, so that a
-            # log with a smaller id that the page missed is read rather than skipped.
-            next_checkpoint: str | None = min(ids)
-            cursor.reread = set(ids)
-        else:
-            next_checkpoint = ids[-1] if ids else cursor.checkpoint
         rows, rejected = to_rows(events, "poller", received_at)
         async with self.context.engine.begin() as conn:
             [stored] = await conn.run_sync(store_batches, [Batch(rows, rejected, "poller", received_at)])
-            await poller_state.save_checkpoint(conn, self.lease, next_checkpoint, cursor.start_from)
+            await poller_state.save_checkpoint(conn, self.lease, checkpoint, cursor.start_from)
         metrics.count_events("poller", stored)
-        cursor.checkpoint, cursor.dirty = next_checkpoint, False
-        result.pages += 1 if items else 0
+        cursor.checkpoint, cursor.dirty = checkpoint, False
+        result.pages += 1 if events else 0
         result.logs_read += read
         result.stored += stored.stored
-        result.checkpoint = next_checkpoint
-        if items and not ids:
-            raise ManagementError(
-                f"Auth0 returned a page of {len(items)} logs without ids; the checkpoint cannot move"
+        result.checkpoint = checkpoint
+
+
+def _events(items: list[dict[str, Any]]) -> tuple[list[StreamEvent], list[str]]:
+    """The items as events, and the ids Auth0 gave them (a log without one is stored under a hash)."""
+    events = [to_event(item) for item in items]
+    for event in events:
+        if event.id_generated:
+            log.warning(
+                "Auth0 returned a log without _id or log_id; stored under a hash of its content",
+                extra={"log_id": event.log_id, "type": event.data.get("type")},
             )
+    return events, [e.log_id for e in events if not e.id_generated]
 
 
 async def _close_abandoned_runs(conn: AsyncConnection, now: datetime) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -56,6 +57,10 @@ def test_poll_schedule_takes_intervals_and_cron() -> None:
 def test_bad_poller_settings_are_named(make_settings: Callable[..., Settings]) -> None:
     with pytest.raises(ValidationError, match="poll_schedule"):
         make_settings(poll_schedule="sometimes")
+    for never in ("0 0 30 2 *", "0 0 0 31 4 *"):  # 30 February, 31 April: valid fields, no date
+        with pytest.raises(ValidationError, match="never comes"):
+            make_settings(poll_schedule=never)
+    assert make_settings(poll_schedule="0 0 29 2 *").poll_schedule == "0 0 29 2 *"  # leap years
     with pytest.raises(ValidationError, match="START_FROM '2026-13-45' is not a valid ISO date"):
         make_settings(start_from="2026-13-45")
     with pytest.raises(ValidationError, match="AUTH0_CLIENT_ID and AUTH0_CLIENT_SECRET"):
@@ -147,6 +152,35 @@ async def test_serve_polls_on_the_schedule(
     fake.add(make_logs(5, first=13))
     await wait_for_count(engine, 17)
     assert await count(engine) == 17
+
+
+async def test_a_cron_schedule_that_never_comes_stops_logrelay_naming_it(
+    fake: FakeAuth0, poller_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    code, _, err = await run_poll_once(poller_settings(), tmp_path, POLL_SCHEDULE="0 0 30 2 *")
+    assert code == 2
+    assert err.decode().startswith("logrelay: invalid setting POLL_SCHEDULE: '0 0 30 2 *' never comes"), err
+    assert not fake.log_requests
+
+
+async def test_a_background_loop_that_dies_is_logged_at_once(
+    fake: FakeAuth0,
+    poller_settings: Callable[..., Settings],
+    start_server: Any,
+    engine: AsyncEngine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A schedule that validation would refuse (model_copy does not validate): the poller loop fails
+    # as it starts, as any loop might from a fault; serve goes on, and says so now, not at shutdown.
+    settings = poller_settings().model_copy(update={"poll_schedule": "sometimes"})
+    server = await start_server(settings, run_workers=True)
+    await until(lambda: any(r.getMessage().startswith("background loop") for r in caplog.records), "the log")
+    [record] = [r for r in caplog.records if r.getMessage().startswith("background loop")]
+    assert record.levelno == logging.ERROR
+    assert "run_poller_loop" in record.getMessage()
+    assert record.exc_info is not None
+    async with httpx.AsyncClient(base_url=server.base_url) as client:
+        assert (await client.get("/readyz")).status_code == 200
 
 
 async def test_poll_once_command_exit_codes(

@@ -32,7 +32,7 @@ def background_loops(context: Context) -> list[Loop]:
 class Workers:
     def __init__(self, context: Context) -> None:
         self._context = context
-        self._stop = asyncio.Event()
+        self._stop = context.stopping
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:

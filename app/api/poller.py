@@ -38,7 +38,8 @@ async def run_poller(context: ContextDep) -> dict[str, Any]:
         raise Conflict(
             "the poller is not configured: set AUTH0_DOMAIN, AUTH0_CLIENT_ID and AUTH0_CLIENT_SECRET"
         )
-    result = await poller.poll_once(context)
+    # The process's shutdown ends it cleanly, as it does the loops' passes.
+    result = await poller.poll_once(context, stop=context.stopping)
     if not result.ran:
         raise Conflict("another poll pass is running; try again when it ends")
     return result.as_dict()

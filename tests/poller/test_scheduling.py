@@ -24,7 +24,13 @@ from app.poller_state import ADVISORY_KEY, KEEP_RUNS, is_pass_running
 from app.schedule import parse_schedule
 from tests.conftest import ADMIN_TOKEN, READ_TOKEN, bearer, is_postgres
 from tests.poller.fake_auth0 import FakeAuth0, make_logs
-from tests.poller.support import run_poll_once, start_poll_once, until, until_no_pass_holds_the_lock
+from tests.poller.support import (
+    run_poll_once,
+    serving,
+    start_poll_once,
+    until,
+    until_no_pass_holds_the_lock,
+)
 
 
 async def count(engine: AsyncEngine) -> int:
@@ -320,3 +326,30 @@ async def test_the_run_history_is_pruned_when_a_run_closes(
     # last day stays whole (the daily report reads it), and so does the run that just closed.
     assert len(kept) == KEEP_RUNS + 10 + 1
     assert min(kept) >= now - timedelta(days=1)
+
+
+async def test_sigterm_ends_a_pass_started_through_the_api_cleanly(
+    fake: FakeAuth0, poller_settings: Callable[..., Settings], engine: AsyncEngine, tmp_path: Path
+) -> None:
+    fake.add(make_logs(5))
+    fake.force_429, fake.retry_after = {1}, 120  # the pass waits two minutes inside its first request
+    async with serving(poller_settings(), tmp_path, RUN_WORKERS="false") as (process, base_url):
+        # Longer than uvicorn's graceful shutdown (30 s), after which it would cancel the request.
+        async with httpx.AsyncClient(base_url=base_url, timeout=90) as client:
+            running = asyncio.create_task(client.post("/api/poller/run", headers=bearer(ADMIN_TOKEN)))
+            await until(lambda: bool(fake.log_requests), "the first logs request")
+            process.send_signal(signal.SIGTERM)  # as a container stop or systemd would
+            answer = await running
+        await asyncio.wait_for(process.wait(), 60)  # a bound on waiting: it shuts down
+    assert answer.status_code == 200, answer.text
+    stopped = answer.json()
+    assert stopped["ran"]
+    assert stopped["error"] is None
+    assert not stopped["caught_up"]
+    async with engine.connect() as conn:
+        lease = (await conn.execute(select(PollerState.lease_owner, PollerState.lease_until))).one()
+        ended = list(await conn.scalars(select(PollerRun.ended_at)))
+        assert not await is_pass_running(conn)
+    assert tuple(lease) == (None, None)
+    assert len(ended) == 1
+    assert ended[0] is not None

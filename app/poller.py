@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -59,6 +59,7 @@ class PassResult:
     rate_limit_waits: int = 0
     caught_up: bool = False
     resume_at: datetime | None = None  # a rate limit ended the pass: the next starts no earlier
+    skipped: Skipped | None = None  # why no pass ran (ran=False)
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
     alert: bool = False  # a warning Slack must hear about even when the pass succeeded
@@ -70,6 +71,9 @@ class PassResult:
     def as_dict(self) -> dict[str, object]:
         shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("warnings", "alert")}
         return shown | {"warning": "; ".join(self.warnings) or None}
+
+
+Skipped = Literal["running", "rate_limited"]  # another pass holds the lock; resume_at is ahead
 
 
 class _Stopped(Exception):
@@ -92,15 +96,21 @@ async def poll_once(
 ) -> PassResult:
     """One pass: read and store pages until Auth0 has nothing newer or POLL_MAX_RUN_SECONDS is spent.
 
-    Returns `ran=False` at once when another pass (this or another replica) holds the lock. `stop`
-    ends the pass cleanly at the next page or pause.
+    Returns `ran=False` at once, `skipped` saying why, when another pass (this or another replica)
+    holds the lock, or when a pass that a rate limit ended said to start no earlier than a time still
+    ahead (`resume_at`). `stop` ends the pass cleanly at the next page or pause.
     """
     settings = context.settings
     lease_seconds = settings.poll_max_run_seconds + LEASE_MARGIN
     async with poller_state.hold_pass_lock(context.engine, lease_seconds) as lease:
         if lease is None:
             log.info("poll pass skipped: another pass is running")
-            return PassResult(ran=False)
+            return PassResult(ran=False, skipped="running")
+        async with context.engine.connect() as conn:
+            resume_at = (await poller_state.load_state(conn)).resume_at
+        if resume_at is not None and resume_at > datetime.now(UTC):
+            log.info("poll pass skipped: the Auth0 rate limit holds", extra={"until": resume_at.isoformat()})
+            return PassResult(ran=False, resume_at=resume_at, skipped="rate_limited")
         result = await _Pass(context, lease, stop or asyncio.Event(), wait).run()
         assert result.ended_at is not None
         run = reports.RunReport(
@@ -401,6 +411,7 @@ async def _record(context: Context, result: PassResult) -> None:
             assert result.run_id is not None
             assert result.ended_at is not None
             await poller_state.finish_run(conn, result.run_id, **values)
+            await poller_state.set_resume_at(conn, result.resume_at)
             await poller_state.prune_runs(conn, result.ended_at, retention)
     except Exception:
         log.exception("could not record the poll run")
@@ -470,7 +481,10 @@ async def _stop_on_signals() -> AsyncIterator[asyncio.Event]:
 
 def _report_once(result: PassResult) -> int:
     print(orjson.dumps(result.as_dict()).decode(), flush=True)
-    if not result.ran:
+    if result.skipped == "rate_limited" and result.resume_at is not None:
+        until = result.resume_at.isoformat(timespec="seconds")
+        print(f"logrelay: the Auth0 rate limit holds until {until}; this run did nothing", file=sys.stderr)
+    elif not result.ran:
         print("logrelay: another poll pass is running; this one did nothing", file=sys.stderr)
     elif result.error:
         print(f"logrelay: poll failed: {result.error}", file=sys.stderr)

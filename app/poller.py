@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import orjson
+from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app import metrics, poller_state, reports
@@ -30,8 +31,8 @@ from app.auth0.stream import StreamEvent, to_event
 from app.config import Settings
 from app.context import Context, open_context
 from app.ingest import Batch, parse_date, store_batches, to_rows
-from app.schedule import parse_schedule
-from app.stopping import Wait, wait_or_stop
+from app.schedule import Schedule, parse_schedule
+from app.stopping import Backoff, Wait, wait_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ MAX_RATE_WAIT = 60.0  # never trust a reset further away than this (clock skew);
 RATE_BACKOFF = 1.0  # seconds after a first 429 in a row, doubled for each further one
 MAX_RETRY_AFTER = 3600.0  # a Retry-After is honoured up to this
 LEASE_MARGIN = 60.0  # a SQLite lease outlives the pass budget by this much
+BUSY_PAUSE = 5.0  # seconds before a loop looks again when another process's pass holds the lock
 # A log's id carries the time Auth0 stored it, never before its date; this allows for the two clocks.
 START_MARGIN = timedelta(minutes=1)
 
@@ -73,7 +75,9 @@ class PassResult:
         return shown | {"warning": "; ".join(self.warnings) or None}
 
 
-Skipped = Literal["running", "rate_limited"]  # another pass holds the lock; resume_at is ahead
+# Why no pass ran: another pass holds the lock; resume_at is still ahead; another process ran the
+# pass a loop planned (see poll_once).
+Skipped = Literal["running", "rate_limited", "ran_elsewhere"]
 
 
 class _Stopped(Exception):
@@ -92,13 +96,19 @@ def management_client(context: Context) -> ManagementClient:
 
 
 async def poll_once(
-    context: Context, *, stop: asyncio.Event | None = None, wait: Wait = wait_or_stop
+    context: Context,
+    *,
+    stop: asyncio.Event | None = None,
+    wait: Wait = wait_or_stop,
+    last_run_id: int | None = None,
 ) -> PassResult:
     """One pass: read and store pages until Auth0 has nothing newer or POLL_MAX_RUN_SECONDS is spent.
 
     Returns `ran=False` at once, `skipped` saying why, when another pass (this or another replica)
-    holds the lock, or when a pass that a rate limit ended said to start no earlier than a time still
-    ahead (`resume_at`). `stop` ends the pass cleanly at the next page or pause.
+    holds the lock, when a pass that a rate limit ended said to start no earlier than a time still
+    ahead (`resume_at`), or when the latest run is no longer `last_run_id` (0: none), the one a loop
+    planned this pass from: another process has run it. `stop` ends the pass cleanly at the next
+    page or pause.
     """
     settings = context.settings
     lease_seconds = settings.poll_max_run_seconds + LEASE_MARGIN
@@ -108,9 +118,13 @@ async def poll_once(
             return PassResult(ran=False, skipped="running")
         async with context.engine.connect() as conn:
             resume_at = (await poller_state.load_state(conn)).resume_at
+            latest = await poller_state.last_run_id(conn) if last_run_id is not None else None
         if resume_at is not None and resume_at > datetime.now(UTC):
             log.info("poll pass skipped: the Auth0 rate limit holds", extra={"until": resume_at.isoformat()})
             return PassResult(ran=False, resume_at=resume_at, skipped="rate_limited")
+        if latest != last_run_id:
+            log.info("poll pass skipped: another process ran it")
+            return PassResult(ran=False, skipped="ran_elsewhere")
         result = await _Pass(context, lease, stop or asyncio.Event(), wait).run()
         assert result.ended_at is not None
         run = reports.RunReport(
@@ -424,26 +438,48 @@ _RUN_COLUMNS = {"ended_at", "logs_read", "stored", "error", "warning", "caught_u
 
 
 async def run_poller_loop(context: Context, stop: asyncio.Event, *, wait: Wait = wait_or_stop) -> None:
-    """Run poll passes on POLL_SCHEDULE until stopped; a pass that ran out of time is followed at
-    once, and one that a rate limit ended waits for the reset first."""
+    """Run poll passes on POLL_SCHEDULE until stopped. The schedule runs from the latest run that any
+    process recorded, so that `serve --workers N` and replicas poll once a period between them, not
+    once each; a pass that ran out of time is followed at once, and one that a rate limit ended no
+    earlier than the reset."""
     schedule = parse_schedule(context.settings.poll_schedule)
-    now = datetime.now(UTC)
-    next_at = now if schedule.interval is not None else schedule.next_after(now)
+    backoff = Backoff(1.0)
     while not stop.is_set():
-        delay = (next_at - datetime.now(UTC)).total_seconds()
-        if delay > 0:
-            await wait(stop, delay)
-            continue
         try:
-            result = await poll_once(context, stop=stop, wait=wait)
-        except Exception:  # e.g. the database is down while taking the lock
-            log.exception("poll pass crashed; the next one runs on schedule")
-            result = PassResult(ran=False)
-        behind = result.ran and result.ok and not result.caught_up
-        now = datetime.now(UTC)
-        next_at = now if behind else schedule.next_after(now)
-        if result.resume_at is not None:
-            next_at = max(next_at, result.resume_at)
+            pause = await _poll_when_due(context, schedule, stop, wait)
+            backoff.succeeded()
+        except Exception:  # e.g. the database is down while planning or taking the lock
+            log.exception("poll pass crashed; trying again")
+            pause = backoff.failed()
+        if pause > 0:
+            await wait(stop, pause)
+
+
+async def _poll_when_due(context: Context, schedule: Schedule, stop: asyncio.Event, wait: Wait) -> float:
+    """Run a pass if one is due; the seconds to wait before looking again."""
+    async with context.engine.connect() as conn:
+        last = await poller_state.last_run(conn)
+        resume_at = (await poller_state.load_state(conn)).resume_at
+    now = datetime.now(UTC)
+    due = max(next_pass_at(schedule, last, now), resume_at or now)
+    if due > now:
+        # Looked at again then: another process may run a pass meanwhile, and move the schedule.
+        return (due - now).total_seconds()
+    result = await poll_once(context, stop=stop, wait=wait, last_run_id=last.id if last else 0)
+    return BUSY_PAUSE if result.skipped == "running" else 0.0
+
+
+def next_pass_at(schedule: Schedule, last: Row[Any] | None, now: datetime) -> datetime:
+    """When the pass after `last`, the latest run (whichever process ran it), is due."""
+    if last is None:
+        return now if schedule.interval is not None else schedule.next_after(now)
+    started: datetime = last.started_at
+    ended: datetime | None = last.ended_at
+    if ended is not None and last.error is None and not last.caught_up:
+        return now  # it ran out of time, or was stopped (a rate limit's resume_at is kept apart)
+    if schedule.interval is not None:
+        return (ended or started) + schedule.interval
+    return schedule.next_after(started)
 
 
 async def run_poll_command(settings: Settings, *, once: bool) -> int:

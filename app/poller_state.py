@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, Update, delete, false, insert, or_, select, text, update
+from sqlalchemy import ColumnElement, Row, Update, delete, false, func, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -297,6 +297,11 @@ async def prune_runs(conn: AsyncConnection, now: datetime, retention: timedelta)
 async def last_run(conn: AsyncConnection) -> Row[Any] | None:
     runs = PollerRun.__table__
     return (await conn.execute(select(runs).order_by(runs.c.id.desc()).limit(1))).first()
+
+
+async def last_run_id(conn: AsyncConnection) -> int:
+    """The id of the latest run, 0 when there is none."""
+    return int(await conn.scalar(select(func.max(PollerRun.id))) or 0)
 
 
 async def runs_since(conn: AsyncConnection, since: datetime) -> list[Row[Any]]:

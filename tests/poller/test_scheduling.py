@@ -19,12 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.models import LogEvent, PollerRun, PollerState
-from app.poller import poll_once, run_poll_command
+from app.poller import poll_once, run_poll_command, run_poller_loop
 from app.poller_state import ADVISORY_KEY, KEEP_RUNS, is_pass_running
 from app.schedule import parse_schedule
 from tests.conftest import ADMIN_TOKEN, READ_TOKEN, bearer, is_postgres
 from tests.poller.fake_auth0 import FakeAuth0, make_logs
 from tests.poller.support import (
+    Pauses,
     run_poll_once,
     serving,
     start_poll_once,
@@ -353,3 +354,36 @@ async def test_sigterm_ends_a_pass_started_through_the_api_cleanly(
     assert tuple(lease) == (None, None)
     assert len(ended) == 1
     assert ended[0] is not None
+
+
+async def test_replicas_keep_one_interval_between_them(
+    fake: FakeAuth0, poller_settings: Callable[..., Settings], context_for: Any, engine: AsyncEngine
+) -> None:
+    fake.add(make_logs(5))
+    settings = poller_settings(poll_schedule="1h")
+    async with context_for(settings) as replica_a, context_for(settings) as replica_b:
+        assert (await poll_once(replica_a)).stored == 5  # A's loop, a cron `poll --once`, the API
+        asked = len(fake.log_requests)
+        # B's loop starts (a restart, `serve --workers 2`, another replica): the next pass is due an
+        # hour after A's, not now.
+        pauses = Pauses(stop_after=1)
+        await run_poller_loop(replica_b, asyncio.Event(), wait=pauses)
+    assert len(fake.log_requests) == asked
+    [pause] = pauses.seconds
+    assert 3500 < pause <= 3600
+    async with engine.connect() as conn:
+        assert await conn.scalar(select(func.count()).select_from(PollerRun)) == 1
+
+
+async def test_a_pass_planned_before_another_process_ran_one_is_skipped(
+    fake: FakeAuth0, poller_settings: Callable[..., Settings], context_for: Any, engine: AsyncEngine
+) -> None:
+    fake.add(make_logs(5))
+    async with context_for(poller_settings()) as replica_a, context_for(poller_settings()) as replica_b:
+        # B planned its pass when no run was recorded (0); A ran one before B took the lock.
+        assert (await poll_once(replica_a)).ran
+        asked = len(fake.log_requests)
+        late = await poll_once(replica_b, last_run_id=0)
+    assert not late.ran
+    assert late.skipped == "ran_elsewhere"
+    assert len(fake.log_requests) == asked

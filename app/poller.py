@@ -483,8 +483,9 @@ def next_pass_at(schedule: Schedule, last: Row[Any] | None, now: datetime) -> da
 
 
 async def run_poll_command(settings: Settings, *, once: bool) -> int:
-    """`logrelay poll [--once]`: 0 when the pass succeeded (or another pass was running), 1 when it
-    failed, 2 when the poller is not configured. SIGINT/SIGTERM end the pass cleanly in both modes."""
+    """`logrelay poll [--once]`: 0 when the pass succeeded (or did not run: another pass was running,
+    or a rate limit's reset is ahead), 1 when it failed, 2 when the poller is not configured.
+    SIGINT/SIGTERM end the pass cleanly in both modes."""
     if not settings.auth0_domain:
         print("logrelay: set AUTH0_DOMAIN, AUTH0_CLIENT_ID and AUTH0_CLIENT_SECRET to poll", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ import functools
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -32,6 +32,9 @@ class Context:
     committer: Committer
     http: httpx.AsyncClient
     tokens: Tokens
+    # Set when the process begins to shut down: the background loops and a pass that the API started
+    # end cleanly at the next page or pause.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 GC_YOUNG_THRESHOLD = 20_000

@@ -73,6 +73,13 @@ class Unprocessable(AppError):
     error = "invalid_request"
 
 
+class TooManyRequests(AppError):
+    """A rate limit holds; Retry-After says how long."""
+
+    status_code = 429
+    error = "rate_limited"
+
+
 class Unavailable(AppError):
     """The database is not answering; the sender should retry."""
 

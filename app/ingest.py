@@ -74,7 +74,7 @@ def to_rows(
         type_ = type_[:MAX_TYPE_CHARS] if isinstance(type_, str) else None
         row = {
             "log_id": event.log_id,
-            "date": _parse_date(data.get("date")) or received_at,
+            "date": parse_date(data.get("date")) or received_at,
             "type": type_,
             "category": category_of(type_),
             "data": RawJSON(encoded.decode()),
@@ -219,7 +219,7 @@ def _refused(event: StreamEvent, reason: str) -> Rejected:
     return Rejected(event.position, reason, event.raw or verbatim(event.item or event.data))
 
 
-def _parse_date(value: object) -> datetime | None:
+def parse_date(value: object) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:

@@ -16,6 +16,7 @@ from app.config import Settings
 from app.context import open_context
 from app.errors import add_exception_handlers
 from app.responses import JSONResponse
+from app.stopping import set_on_shutdown_signals
 from app.workers import Workers
 
 
@@ -47,7 +48,8 @@ def create_fastapi_app(
             if workers_on:
                 workers.start()
             try:
-                yield
+                with set_on_shutdown_signals(context.stopping):
+                    yield
             finally:
                 await workers.stop()
 

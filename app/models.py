@@ -205,6 +205,8 @@ class PollerState(Base):
     access_token_key: Mapped[str | None] = mapped_column(String(64))
     access_token_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     access_token_renew_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # A rate limit ended the last pass: no pass starts before this, in any process.
+    resume_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class PollerRun(Base):

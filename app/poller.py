@@ -18,19 +18,21 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 import orjson
+from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app import metrics, poller_state, reports
 from app.auth0 import management
 from app.auth0.management import LogsPage, ManagementClient, ManagementError
-from app.auth0.stream import to_event
+from app.auth0.stream import StreamEvent, to_event
 from app.config import Settings
 from app.context import Context, open_context
-from app.ingest import Batch, store_batches, to_rows
-from app.schedule import parse_schedule
-from app.stopping import Wait, wait_or_stop
+from app.ingest import Batch, parse_date, store_batches, to_rows
+from app.schedule import Schedule, parse_schedule
+from app.stopping import Backoff, Wait, wait_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,9 @@ MAX_RATE_WAIT = 60.0  # never trust a reset further away than this (clock skew);
 RATE_BACKOFF = 1.0  # seconds after a first 429 in a row, doubled for each further one
 MAX_RETRY_AFTER = 3600.0  # a Retry-After is honoured up to this
 LEASE_MARGIN = 60.0  # a SQLite lease outlives the pass budget by this much
+BUSY_PAUSE = 5.0  # seconds before a loop looks again when another process's pass holds the lock
+# A log's id carries the time Auth0 stored it, never before its date; this allows for the two clocks.
+START_MARGIN = timedelta(minutes=1)
 
 
 @dataclass(slots=True)
@@ -50,12 +55,13 @@ class PassResult:
     run_id: int | None = None
     start_checkpoint: str | None = None
     checkpoint: str | None = None
-    logs_read: int = 0  # each log once, though the first page is read twice
+    logs_read: int = 0  # each log once, though the oldest logs are read twice (see _Pass._find_start)
     stored: int = 0
     pages: int = 0
     rate_limit_waits: int = 0
     caught_up: bool = False
     resume_at: datetime | None = None  # a rate limit ended the pass: the next starts no earlier
+    skipped: Skipped | None = None  # why no pass ran (ran=False)
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
     alert: bool = False  # a warning Slack must hear about even when the pass succeeded
@@ -67,6 +73,11 @@ class PassResult:
     def as_dict(self) -> dict[str, object]:
         shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("warnings", "alert")}
         return shown | {"warning": "; ".join(self.warnings) or None}
+
+
+# Why no pass ran: another pass holds the lock; resume_at is still ahead; another process ran the
+# pass a loop planned (see poll_once).
+Skipped = Literal["running", "rate_limited", "ran_elsewhere"]
 
 
 class _Stopped(Exception):
@@ -85,19 +96,35 @@ def management_client(context: Context) -> ManagementClient:
 
 
 async def poll_once(
-    context: Context, *, stop: asyncio.Event | None = None, wait: Wait = wait_or_stop
+    context: Context,
+    *,
+    stop: asyncio.Event | None = None,
+    wait: Wait = wait_or_stop,
+    last_run_id: int | None = None,
 ) -> PassResult:
     """One pass: read and store pages until Auth0 has nothing newer or POLL_MAX_RUN_SECONDS is spent.
 
-    Returns `ran=False` at once when another pass (this or another replica) holds the lock. `stop`
-    ends the pass cleanly at the next page or pause.
+    Returns `ran=False` at once, `skipped` saying why, when another pass (this or another replica)
+    holds the lock, when a pass that a rate limit ended said to start no earlier than a time still
+    ahead (`resume_at`), or when the latest run is no longer `last_run_id` (0: none), the one a loop
+    planned this pass from: another process has run it. `stop` ends the pass cleanly at the next
+    page or pause.
     """
     settings = context.settings
     lease_seconds = settings.poll_max_run_seconds + LEASE_MARGIN
     async with poller_state.hold_pass_lock(context.engine, lease_seconds) as lease:
         if lease is None:
             log.info("poll pass skipped: another pass is running")
-            return PassResult(ran=False)
+            return PassResult(ran=False, skipped="running")
+        async with context.engine.connect() as conn:
+            resume_at = (await poller_state.load_state(conn)).resume_at
+            latest = await poller_state.last_run_id(conn) if last_run_id is not None else None
+        if resume_at is not None and resume_at > datetime.now(UTC):
+            log.info("poll pass skipped: the Auth0 rate limit holds", extra={"until": resume_at.isoformat()})
+            return PassResult(ran=False, resume_at=resume_at, skipped="rate_limited")
+        if latest != last_run_id:
+            log.info("poll pass skipped: another process ran it")
+            return PassResult(ran=False, skipped="ran_elsewhere")
         result = await _Pass(context, lease, stop or asyncio.Event(), wait).run()
         assert result.ended_at is not None
         run = reports.RunReport(
@@ -118,7 +145,7 @@ class _Cursor:
     checkpoint: str | None
     start_from: str | None
     dirty: bool = False  # START_FROM moved it: save even if no page follows
-    reread: set[str] = field(default_factory=set)  # the date-sorted page's ids, read again by id
+    oldest_id: str | None = None  # the smallest id of the oldest logs by date, when read this pass
 
 
 def rate_limit_wait(limited: management.RateLimited, in_a_row: int, now: float) -> float:
@@ -203,9 +230,17 @@ class _Pass:
         while True:
             if self.stop.is_set() or time.monotonic() >= self.deadline:
                 raise _Stopped("")  # not a warning: the next pass continues from the checkpoint
+            if cursor.checkpoint is None:
+                if not await self._find_start(client):
+                    self.result.caught_up = True  # Auth0 keeps no logs
+                    return
+                continue
             try:
                 page = await self._fetch(client)
             except management.UnknownCheckpoint as exc:
+                if management.is_date_checkpoint(cursor.checkpoint):
+                    await self._start_at_oldest(str(exc))
+                    continue
                 if fell_back:
                     raise
                 fell_back = True
@@ -218,11 +253,57 @@ class _Pass:
                 continue
             if not page.items:
                 if cursor.dirty:
-                    await self._save([])
+                    await self._save([], [])
                 self.result.caught_up = True
                 return
-            await self._save(page.items)
+            await self._save(*_events(page.items))
             await self._respect_rate_limit(page)
+
+    async def _find_start(self, client: ManagementClient) -> bool:
+        """With no checkpoint: store the oldest logs by date, and go on by id from their earliest date
+        (less START_MARGIN), as START_FROM's date form does. Their own smallest id would skip a log
+        stored before them but dated after them, which has a smaller id than all of them; no log is
+        stored before its date, so none has an id before that start. False when Auth0 keeps no logs.
+
+        Read again by id, these logs count then; the one at the smallest id counts now if Auth0
+        refuses that start and reading goes on from it instead (it is not read again)."""
+        page = await self._fetch(client)
+        if not page.items:
+            return False
+        events, ids = _events(page.items)
+        if not ids:
+            await self._save(events, ids)  # stores them under a hash, and fails the pass
+        dates = [at for item in page.items if (at := parse_date(item.get("date"))) is not None]
+        id_dates = [at for log_id in ids if (at := management.date_of_log_id(log_id)) is not None]
+        if dates and len(id_dates) == len(ids):
+            earliest = min([*dates, *id_dates])
+            self.cursor.oldest_id = min(ids)
+            await self._store(events, management.log_id_at(earliest - START_MARGIN), read=0)
+        else:  # ids of another shape, or no dates: as the extensions did
+            self.cursor.oldest_id = None
+            await self._store(events, min(ids), read=1)
+        await self._respect_rate_limit(page)
+        return True
+
+    async def _start_at_oldest(self, why: str) -> None:
+        """Auth0 refused a checkpoint made from a date (START_FROM's, or _find_start's), as it may one
+        before its oldest log: no log was read from there, so none is lost. Go on from the oldest
+        logs' smallest id when this pass has stored them, else from the oldest retained log."""
+        cursor = self.cursor
+        if cursor.oldest_id is None:
+            log.info(
+                "Auth0 refused a checkpoint made from a date; reading from its oldest log",
+                extra={"reason": why},
+            )
+            cursor.checkpoint, cursor.dirty = None, False
+            return
+        # A log stored before the oldest logs but dated after them is then out of reach.
+        log.warning(
+            "Auth0 refused a checkpoint made from a date; reading on from its oldest logs' smallest id",
+            extra={"reason": why},
+        )
+        oldest_id, cursor.oldest_id = cursor.oldest_id, None
+        await self._store([], oldest_id, read=1)  # that log is stored and not read again
 
     async def _fetch(self, client: ManagementClient) -> LogsPage:
         """One page; waits out a 429 and asks again after a transient failure, within the budget."""
@@ -274,40 +355,40 @@ class _Pass:
         if self.stop.is_set():
             raise _Stopped("")
 
-    async def _save(self, items: list[dict[str, object]]) -> None:
-        """Store one page and move the checkpoint to its end, in one transaction."""
+    async def _save(self, events: list[StreamEvent], ids: list[str]) -> None:
+        """Store one page read by id and move the checkpoint to its end."""
+        await self._store(events, ids[-1] if ids else self.cursor.checkpoint, read=len(events))
+        if events and not ids:
+            raise ManagementError(
+                f"Auth0 returned a page of {len(events)} logs without ids; the checkpoint cannot move"
+            )
+
+    async def _store(self, events: list[StreamEvent], checkpoint: str | None, *, read: int) -> None:
+        """Store the events and move the checkpoint, in one transaction; `read` logs count as read."""
         cursor, result = self.cursor, self.result
         received_at = datetime.now(UTC)
-        events = [to_event(item) for item in items]
-        for event in events:
-            if event.id_generated:
-                log.warning(
-                    "Auth0 returned a log without _id or log_id; stored under a hash of its content",
-                    extra={"log_id": event.log_id, "type": event.data.get("type")},
-                )
-        ids = [e.log_id for e in events if not e.id_generated]
-        read = len(items) - sum(1 for i in ids if i in cursor.reread)
-        if cursor.checkpoint is None and ids:
-            # The first page is sorted by date, not by id: continue from its smallest id, so that a
-            # log with a smaller id that the page missed is read rather than skipped.
-            next_checkpoint: str | None = min(ids)
-            cursor.reread = set(ids)
-        else:
-            next_checkpoint = ids[-1] if ids else cursor.checkpoint
         rows, rejected = to_rows(events, "poller", received_at)
         async with self.context.engine.begin() as conn:
             [stored] = await conn.run_sync(store_batches, [Batch(rows, rejected, "poller", received_at)])
-            await poller_state.save_checkpoint(conn, self.lease, next_checkpoint, cursor.start_from)
+            await poller_state.save_checkpoint(conn, self.lease, checkpoint, cursor.start_from)
         metrics.count_events("poller", stored)
-        cursor.checkpoint, cursor.dirty = next_checkpoint, False
-        result.pages += 1 if items else 0
+        cursor.checkpoint, cursor.dirty = checkpoint, False
+        result.pages += 1 if events else 0
         result.logs_read += read
         result.stored += stored.stored
-        result.checkpoint = next_checkpoint
-        if items and not ids:
-            raise ManagementError(
-                f"Auth0 returned a page of {len(items)} logs without ids; the checkpoint cannot move"
+        result.checkpoint = checkpoint
+
+
+def _events(items: list[dict[str, Any]]) -> tuple[list[StreamEvent], list[str]]:
+    """The items as events, and the ids Auth0 gave them (a log without one is stored under a hash)."""
+    events = [to_event(item) for item in items]
+    for event in events:
+        if event.id_generated:
+            log.warning(
+                "Auth0 returned a log without _id or log_id; stored under a hash of its content",
+                extra={"log_id": event.log_id, "type": event.data.get("type")},
             )
+    return events, [e.log_id for e in events if not e.id_generated]
 
 
 async def _close_abandoned_runs(conn: AsyncConnection, now: datetime) -> None:
@@ -344,6 +425,7 @@ async def _record(context: Context, result: PassResult) -> None:
             assert result.run_id is not None
             assert result.ended_at is not None
             await poller_state.finish_run(conn, result.run_id, **values)
+            await poller_state.set_resume_at(conn, result.resume_at)
             await poller_state.prune_runs(conn, result.ended_at, retention)
     except Exception:
         log.exception("could not record the poll run")
@@ -356,31 +438,54 @@ _RUN_COLUMNS = {"ended_at", "logs_read", "stored", "error", "warning", "caught_u
 
 
 async def run_poller_loop(context: Context, stop: asyncio.Event, *, wait: Wait = wait_or_stop) -> None:
-    """Run poll passes on POLL_SCHEDULE until stopped; a pass that ran out of time is followed at
-    once, and one that a rate limit ended waits for the reset first."""
+    """Run poll passes on POLL_SCHEDULE until stopped. The schedule runs from the latest run that any
+    process recorded, so that `serve --workers N` and replicas poll once a period between them, not
+    once each; a pass that ran out of time is followed at once, and one that a rate limit ended no
+    earlier than the reset."""
     schedule = parse_schedule(context.settings.poll_schedule)
-    now = datetime.now(UTC)
-    next_at = now if schedule.interval is not None else schedule.next_after(now)
+    backoff = Backoff(1.0)
     while not stop.is_set():
-        delay = (next_at - datetime.now(UTC)).total_seconds()
-        if delay > 0:
-            await wait(stop, delay)
-            continue
         try:
-            result = await poll_once(context, stop=stop, wait=wait)
-        except Exception:  # e.g. the database is down while taking the lock
-            log.exception("poll pass crashed; the next one runs on schedule")
-            result = PassResult(ran=False)
-        behind = result.ran and result.ok and not result.caught_up
-        now = datetime.now(UTC)
-        next_at = now if behind else schedule.next_after(now)
-        if result.resume_at is not None:
-            next_at = max(next_at, result.resume_at)
+            pause = await _poll_when_due(context, schedule, stop, wait)
+            backoff.succeeded()
+        except Exception:  # e.g. the database is down while planning or taking the lock
+            log.exception("poll pass crashed; trying again")
+            pause = backoff.failed()
+        if pause > 0:
+            await wait(stop, pause)
+
+
+async def _poll_when_due(context: Context, schedule: Schedule, stop: asyncio.Event, wait: Wait) -> float:
+    """Run a pass if one is due; the seconds to wait before looking again."""
+    async with context.engine.connect() as conn:
+        last = await poller_state.last_run(conn)
+        resume_at = (await poller_state.load_state(conn)).resume_at
+    now = datetime.now(UTC)
+    due = max(next_pass_at(schedule, last, now), resume_at or now)
+    if due > now:
+        # Looked at again then: another process may run a pass meanwhile, and move the schedule.
+        return (due - now).total_seconds()
+    result = await poll_once(context, stop=stop, wait=wait, last_run_id=last.id if last else 0)
+    return BUSY_PAUSE if result.skipped == "running" else 0.0
+
+
+def next_pass_at(schedule: Schedule, last: Row[Any] | None, now: datetime) -> datetime:
+    """When the pass after `last`, the latest run (whichever process ran it), is due."""
+    if last is None:
+        return now if schedule.interval is not None else schedule.next_after(now)
+    started: datetime = last.started_at
+    ended: datetime | None = last.ended_at
+    if ended is not None and last.error is None and not last.caught_up:
+        return now  # it ran out of time, or was stopped (a rate limit's resume_at is kept apart)
+    if schedule.interval is not None:
+        return (ended or started) + schedule.interval
+    return schedule.next_after(started)
 
 
 async def run_poll_command(settings: Settings, *, once: bool) -> int:
-    """`logrelay poll [--once]`: 0 when the pass succeeded (or another pass was running), 1 when it
-    failed, 2 when the poller is not configured. SIGINT/SIGTERM end the pass cleanly in both modes."""
+    """`logrelay poll [--once]`: 0 when the pass succeeded (or did not run: another pass was running,
+    or a rate limit's reset is ahead), 1 when it failed, 2 when the poller is not configured.
+    SIGINT/SIGTERM end the pass cleanly in both modes."""
     if not settings.auth0_domain:
         print("logrelay: set AUTH0_DOMAIN, AUTH0_CLIENT_ID and AUTH0_CLIENT_SECRET to poll", file=sys.stderr)
         return 2
@@ -413,7 +518,10 @@ async def _stop_on_signals() -> AsyncIterator[asyncio.Event]:
 
 def _report_once(result: PassResult) -> int:
     print(orjson.dumps(result.as_dict()).decode(), flush=True)
-    if not result.ran:
+    if result.skipped == "rate_limited" and result.resume_at is not None:
+        until = result.resume_at.isoformat(timespec="seconds")
+        print(f"logrelay: the Auth0 rate limit holds until {until}; this run did nothing", file=sys.stderr)
+    elif not result.ran:
         print("logrelay: another poll pass is running; this one did nothing", file=sys.stderr)
     elif result.error:
         print(f"logrelay: poll failed: {result.error}", file=sys.stderr)

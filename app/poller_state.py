@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, Update, delete, false, insert, or_, select, text, update
+from sqlalchemy import ColumnElement, Row, Update, delete, false, func, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -59,6 +59,7 @@ class State:
     checkpoint: str | None
     start_from: str | None
     last_report_at: datetime | None
+    resume_at: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -78,14 +79,14 @@ async def ensure_state(conn: AsyncConnection) -> None:
 
 
 async def load_state(conn: AsyncConnection) -> State:
-    row = (
-        await conn.execute(
-            select(PollerState.checkpoint, PollerState.start_from, PollerState.last_report_at).where(
-                PollerState.name == STATE
-            )
-        )
-    ).first()
-    return State(row.checkpoint, row.start_from, row.last_report_at) if row else State(None, None, None)
+    columns = (
+        PollerState.checkpoint,
+        PollerState.start_from,
+        PollerState.last_report_at,
+        PollerState.resume_at,
+    )
+    row = (await conn.execute(select(*columns).where(PollerState.name == STATE))).first()
+    return State(*row) if row else State(None, None, None)
 
 
 async def save_checkpoint(
@@ -116,6 +117,11 @@ async def checkpoint_date(conn: AsyncConnection, checkpoint: str | None) -> date
         return at
     stored: datetime | None = await conn.scalar(select(LogEvent.date).where(LogEvent.log_id == checkpoint))
     return stored
+
+
+async def set_resume_at(conn: AsyncConnection, at: datetime | None) -> None:
+    """When the next pass may start (a rate limit ended this one), or None: at once."""
+    await conn.execute(update(PollerState).where(PollerState.name == STATE).values(resume_at=at))
 
 
 async def mark_reported(conn: AsyncConnection, at: datetime) -> None:
@@ -293,6 +299,11 @@ async def last_run(conn: AsyncConnection) -> Row[Any] | None:
     return (await conn.execute(select(runs).order_by(runs.c.id.desc()).limit(1))).first()
 
 
+async def last_run_id(conn: AsyncConnection) -> int:
+    """The id of the latest run, 0 when there is none."""
+    return int(await conn.scalar(select(func.max(PollerRun.id))) or 0)
+
+
 async def runs_since(conn: AsyncConnection, since: datetime) -> list[Row[Any]]:
     runs = PollerRun.__table__
     return list(await conn.execute(select(runs).where(runs.c.started_at >= since).order_by(runs.c.id)))
@@ -314,6 +325,7 @@ async def describe(conn: AsyncConnection, lag_limit: timedelta) -> dict[str, Any
         "checkpoint": state.checkpoint,
         "checkpoint_date": checkpoint_at,
         "start_from": state.start_from,
+        "resume_at": state.resume_at if state.resume_at and state.resume_at > now else None,
         "last_run": None
         if run is None
         else {

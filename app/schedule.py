@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from croniter import croniter  # type: ignore[import-untyped]
+from croniter import CroniterBadDateError, croniter  # type: ignore[import-untyped]
 
 _INTERVAL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$", re.IGNORECASE)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -40,7 +40,12 @@ def parse_schedule(text: str) -> Schedule:
         return Schedule(text.strip(), timedelta(seconds=seconds))
     fields = text.split()
     if len(fields) in (5, 6) and croniter.is_valid(" ".join(fields), second_at_beginning=len(fields) == 6):
-        return Schedule(" ".join(fields))
+        schedule = Schedule(" ".join(fields))
+        try:  # valid fields may still match no date (30 February): refused here, not in the loop
+            schedule.next_after(datetime.now(UTC))
+        except CroniterBadDateError:
+            raise ValueError(f"{text!r} never comes: no date matches it") from None
+        return schedule
     raise ValueError(
         f"{text!r} is neither an interval (30s, 5m, 1h) nor a cron expression "
         "(5 fields, or 6 with seconds first, e.g. '*/5 * * * *')"

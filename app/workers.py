@@ -7,7 +7,7 @@ do one unit of work; if there was none, wait for the interval or the stop signal
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -15,6 +15,8 @@ from app.context import Context
 from app.delivery import run_delivery_loop
 from app.housekeeping import run_housekeeping_loop
 from app.poller import run_poller_loop
+
+log = logging.getLogger(__name__)
 
 Loop = Callable[[Context, asyncio.Event], Coroutine[Any, Any, None]]
 
@@ -30,19 +32,30 @@ def background_loops(context: Context) -> list[Loop]:
 class Workers:
     def __init__(self, context: Context) -> None:
         self._context = context
-        self._stop = asyncio.Event()
+        self._stop = context.stopping
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(loop(self._context, self._stop)) for loop in background_loops(self._context)
-        ]
+        self._tasks = []
+        for loop in background_loops(self._context):
+            task = asyncio.create_task(loop(self._context, self._stop), name=loop.__name__)
+            task.add_done_callback(self._ended)
+            self._tasks.append(task)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A loop that ends before it is stopped is said at once: the API goes on without it, and
+        its error would otherwise wait for the shutdown."""
+        if task.cancelled():
+            return
+        if error := task.exception():
+            log.error("background loop %s stopped: %r", task.get_name(), error, exc_info=error)
+        elif not self._stop.is_set():
+            log.error("background loop %s ended before it was stopped", task.get_name())
 
     async def stop(self) -> None:
         self._stop.set()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Each loop's own error, if any, was logged when it ended.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def wait(self) -> None:
         await asyncio.gather(*self._tasks)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter
@@ -9,7 +11,7 @@ from fastapi import APIRouter
 from app import poller, poller_state
 from app.api.deps import AdminAuth, ContextDep, ReadAuth, StrictQuery
 from app.api.error_docs import ADMIN_ERRORS, READ_ERRORS, error
-from app.errors import Conflict
+from app.errors import Conflict, TooManyRequests
 
 router = APIRouter(tags=["poller"])
 
@@ -30,6 +32,7 @@ async def get_poller(context: ContextDep) -> dict[str, Any]:
     responses={
         **ADMIN_ERRORS,
         409: error("The poller is not configured (AUTH0_DOMAIN), or another pass is running."),
+        429: error("A pass that the Auth0 rate limit ended said when the next may start; Retry-After."),
     },
 )
 async def run_poller(context: ContextDep) -> dict[str, Any]:
@@ -38,7 +41,15 @@ async def run_poller(context: ContextDep) -> dict[str, Any]:
         raise Conflict(
             "the poller is not configured: set AUTH0_DOMAIN, AUTH0_CLIENT_ID and AUTH0_CLIENT_SECRET"
         )
-    result = await poller.poll_once(context)
+    # The process's shutdown ends it cleanly, as it does the loops' passes.
+    result = await poller.poll_once(context, stop=context.stopping)
+    if result.skipped == "rate_limited" and result.resume_at is not None:
+        seconds = max(1, math.ceil((result.resume_at - datetime.now(UTC)).total_seconds()))
+        until = result.resume_at.isoformat(timespec="seconds")
+        raise TooManyRequests(
+            f"the Auth0 Management API rate limit ended the last pass; the next may start at {until}",
+            headers={"Retry-After": str(seconds)},
+        )
     if not result.ran:
         raise Conflict("another poll pass is running; try again when it ends")
     return result.as_dict()

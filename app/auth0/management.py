@@ -20,6 +20,7 @@ from app.retry import parse_retry_after
 
 # Observed log id format (README 2.1): "900" + YYYYMMDDHHMMSS (UTC) + more digits, 56 in all.
 _ID_DATE = re.compile(r"^900(\d{14})")
+_DATE_CHECKPOINT = re.compile(r"900\d{14}0{39}")  # log_id_at's output
 # A START_FROM log id: digits, without requiring the observed prefix (lenient with other real ids),
 # but long enough that a typo or a small number is refused.
 _LOG_ID = re.compile(r"\d{20,255}")
@@ -100,6 +101,11 @@ def normalise_domain(value: str) -> str:
 def log_id_at(moment: datetime) -> str:
     """The smallest log id of `moment`'s second: `from=` it reads every log from that time on."""
     return "900" + moment.astimezone(UTC).strftime("%Y%m%d%H%M%S") + "0" * 39
+
+
+def is_date_checkpoint(log_id: str | None) -> bool:
+    """Whether `log_id` is one log_id_at made: a time, not a log Auth0 has."""
+    return bool(_DATE_CHECKPOINT.fullmatch(log_id or ""))
 
 
 def date_of_log_id(log_id: str | None) -> datetime | None:

@@ -1,10 +1,12 @@
 """What the poller tests read back from the store, a pause that only records, and `logrelay poll
---once` as a real process."""
+--once` and `logrelay serve` as real processes."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -12,12 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.models import LogEvent, PollerState
 from app.poller_state import is_pass_running
+from tests.conftest import ADMIN_TOKEN, INGEST_TOKEN, READ_TOKEN
 from tests.poller.fake_auth0 import CLIENT_ID, CLIENT_SECRET
 
 LOGRELAY = str(Path(sys.executable).parent / "logrelay")
@@ -109,9 +113,9 @@ async def until_no_pass_holds_the_lock(engine: AsyncEngine) -> None:
     raise AssertionError("the pass lock was never freed")
 
 
-async def start_poll_once(settings: Settings, cwd: Path, **env: str) -> asyncio.subprocess.Process:
-    """`logrelay poll --once` against the test's database and fake Auth0, with only these settings."""
-    values = {
+def process_env(settings: Settings, cwd: Path) -> dict[str, str]:
+    """A logrelay process's settings: the test's database and fake Auth0, and nothing else."""
+    return {
         "PATH": os.environ.get("PATH", ""),
         "DATABASE_URL": settings.database_url,
         "DATA_DIR": str(cwd / "cli"),
@@ -119,11 +123,15 @@ async def start_poll_once(settings: Settings, cwd: Path, **env: str) -> asyncio.
         "AUTH0_CLIENT_ID": CLIENT_ID,
         "AUTH0_CLIENT_SECRET": CLIENT_SECRET,
     }
+
+
+async def start_poll_once(settings: Settings, cwd: Path, **env: str) -> asyncio.subprocess.Process:
+    """`logrelay poll --once` against the test's database and fake Auth0, with only these settings."""
     return await asyncio.create_subprocess_exec(
         LOGRELAY,
         "poll",
         "--once",
-        env=values | env,
+        env=process_env(settings, cwd) | env,
         cwd=cwd,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -136,3 +144,36 @@ async def run_poll_once(settings: Settings, cwd: Path, **env: str) -> tuple[int,
     out, err = await process.communicate()
     assert process.returncode is not None
     return process.returncode, out, err
+
+
+@asynccontextmanager
+async def serving(
+    settings: Settings, cwd: Path, **env: str
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """`logrelay serve` as a real process (its own signal handling, uvicorn's shutdown) on a free
+    port, ready: (the process, its base URL). Killed at the end if it is still running."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    tokens = {"LOG_STREAM_TOKEN": INGEST_TOKEN, "API_TOKEN": READ_TOKEN, "ADMIN_TOKEN": ADMIN_TOKEN}
+    values = process_env(settings, cwd) | tokens | {"HOST": "127.0.0.1", "PORT": str(port)}
+    with (cwd / f"serve-{port}.log").open("wb") as output:
+        process = await asyncio.create_subprocess_exec(
+            LOGRELAY, "serve", env=values | env, cwd=cwd, stdout=output, stderr=output
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base_url, timeout=2) as client:
+            for _ in range(600):  # a bound on waiting, not a timing assertion
+                assert process.returncode is None, (cwd / f"serve-{port}.log").read_text()
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get("/readyz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("logrelay serve did not become ready")
+        yield process, base_url
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

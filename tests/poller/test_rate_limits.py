@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import httpx
+import orjson
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -15,8 +19,9 @@ from app.auth0.management import RateLimited
 from app.config import Settings
 from app.models import PollerRun
 from app.poller import MAX_RATE_WAIT, poll_once, rate_limit_wait, run_poller_loop
+from tests.conftest import ADMIN_TOKEN, READ_TOKEN, bearer
 from tests.poller.fake_auth0 import FakeAuth0, make_logs
-from tests.poller.support import Pauses, stored_ids
+from tests.poller.support import Pauses, run_poll_once, stored_ids
 
 
 async def test_a_429_whose_reset_is_already_past_backs_off_exponentially(
@@ -94,3 +99,40 @@ async def test_a_pass_ended_by_a_rate_limit_is_followed_only_after_the_reset(
         [(runs, warning)] = (await conn.execute(select(func.count(), func.max(PollerRun.warning)))).all()
     assert runs == 1
     assert "rate limit" in warning
+
+
+async def test_a_pass_ended_by_a_rate_limit_holds_back_every_process_until_the_reset(
+    fake: FakeAuth0,
+    poller_settings: Callable[..., Settings],
+    start_server: Any,
+    engine: AsyncEngine,
+    tmp_path: Path,
+) -> None:
+    fake.add(make_logs(15))
+    fake.force_429 = set(range(1, 1000))  # every logs request: 429, reset an hour away (trusted: 60 s)
+    fake.reset_in = 3600
+    settings = poller_settings(poll_max_run_seconds=20)  # the wait is beyond the pass's budget
+    server = await start_server(settings)
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+        ended = await client.post("/api/poller/run", headers=bearer(ADMIN_TOKEN))
+        assert ended.status_code == 200, ended.text
+        assert "rate limit" in ended.json()["warning"]
+        resume_at = datetime.fromisoformat(ended.json()["resume_at"])
+        asked = len(fake.log_requests)
+
+        # Another process (cron's `poll --once`), and the API of this one, wait for the reset too.
+        code, out, err = await run_poll_once(settings, tmp_path, POLL_MAX_RUN_SECONDS="20")
+        refused = await client.post("/api/poller/run", headers=bearer(ADMIN_TOKEN))
+        status = (await client.get("/api/poller", headers=bearer(READ_TOKEN))).json()
+    assert len(fake.log_requests) == asked
+    assert code == 0, err
+    assert orjson.loads(out)["ran"] is False
+    assert f"the Auth0 rate limit holds until {resume_at.isoformat(timespec='seconds')}" in err.decode()
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"] == "rate_limited"
+    assert resume_at.isoformat(timespec="seconds") in refused.json()["detail"]
+    assert 0 < int(refused.headers["retry-after"]) <= 61
+    assert datetime.fromisoformat(status["resume_at"]) == resume_at
+    assert resume_at > datetime.now(UTC)
+    async with engine.connect() as conn:
+        assert await conn.scalar(select(func.count()).select_from(PollerRun)) == 1  # no run for those

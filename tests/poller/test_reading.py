@@ -11,12 +11,18 @@ import httpx
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.auth0.management import log_id_at
 from app.config import Settings
 from app.models import LogEvent
 from app.poller import poll_once
 from tests.conftest import auth
 from tests.poller.fake_auth0 import FakeAuth0, make_logs
 from tests.poller.support import Pauses, checkpoint, ids, stored_ids
+
+
+def before(item: dict[str, Any], **delta: float) -> str:
+    """The checkpoint made from an item's date, less `delta`."""
+    return log_id_at(datetime.fromisoformat(item["date"]) - timedelta(**delta))
 
 
 async def test_every_log_is_stored_once_across_runs_and_restarts(
@@ -30,14 +36,15 @@ async def test_every_log_is_stored_once_across_runs_and_restarts(
         again = await poll_once(context)
     assert result.ok, result
     assert result.caught_up
-    # The first page (by date) is read again by id from its smallest id (never a gap); each log
-    # counts once in logs_read all the same.
+    # The first page (by date) is read again by id from its earliest date; each log counts once in
+    # logs_read all the same.
     assert (result.logs_read, result.stored, result.pages) == (35, 35, 5)
     assert (again.logs_read, again.stored) == (0, 0)
     assert await checkpoint(engine) == first[-1]["_id"]
-    # The first request has no checkpoint: the oldest retained logs, by date; then `from` paging.
+    # The first request has no checkpoint: the oldest retained logs, by date; then `from` paging,
+    # from a minute before the oldest log's date.
     assert fake.log_requests[0] == {"sort": "date:1", "page": "0", "per_page": "10"}
-    assert fake.log_requests[1] == {"from": first[0]["_id"], "take": "10"}
+    assert fake.log_requests[1] == {"from": before(first[0], minutes=1), "take": "10"}
 
     later = make_logs(12, first=36)
     fake.add(later)
@@ -159,4 +166,4 @@ async def test_rate_limit_beyond_the_budget_ends_the_pass_with_a_warning(
     assert result.warnings
     assert "rate limit" in result.warnings[0]
     assert await stored_ids(engine) == ids(items[:10])
-    assert await checkpoint(engine) == items[0]["_id"]  # the smallest id of the first (date) page
+    assert await checkpoint(engine) == before(items[0], minutes=1)  # the first (date) page's start

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -18,12 +19,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.models import LogEvent, PollerRun, PollerState
-from app.poller import poll_once, run_poll_command
+from app.poller import poll_once, run_poll_command, run_poller_loop
 from app.poller_state import ADVISORY_KEY, KEEP_RUNS, is_pass_running
 from app.schedule import parse_schedule
 from tests.conftest import ADMIN_TOKEN, READ_TOKEN, bearer, is_postgres
 from tests.poller.fake_auth0 import FakeAuth0, make_logs
-from tests.poller.support import run_poll_once, start_poll_once, until, until_no_pass_holds_the_lock
+from tests.poller.support import (
+    Pauses,
+    run_poll_once,
+    serving,
+    start_poll_once,
+    until,
+    until_no_pass_holds_the_lock,
+)
 
 
 async def count(engine: AsyncEngine) -> int:
@@ -56,6 +64,10 @@ def test_poll_schedule_takes_intervals_and_cron() -> None:
 def test_bad_poller_settings_are_named(make_settings: Callable[..., Settings]) -> None:
     with pytest.raises(ValidationError, match="poll_schedule"):
         make_settings(poll_schedule="sometimes")
+    for never in ("0 0 30 2 *", "0 0 0 31 4 *"):  # 30 February, 31 April: valid fields, no date
+        with pytest.raises(ValidationError, match="never comes"):
+            make_settings(poll_schedule=never)
+    assert make_settings(poll_schedule="0 0 29 2 *").poll_schedule == "0 0 29 2 *"  # leap years
     with pytest.raises(ValidationError, match="START_FROM '2026-13-45' is not a valid ISO date"):
         make_settings(start_from="2026-13-45")
     with pytest.raises(ValidationError, match="AUTH0_CLIENT_ID and AUTH0_CLIENT_SECRET"):
@@ -147,6 +159,35 @@ async def test_serve_polls_on_the_schedule(
     fake.add(make_logs(5, first=13))
     await wait_for_count(engine, 17)
     assert await count(engine) == 17
+
+
+async def test_a_cron_schedule_that_never_comes_stops_logrelay_naming_it(
+    fake: FakeAuth0, poller_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    code, _, err = await run_poll_once(poller_settings(), tmp_path, POLL_SCHEDULE="0 0 30 2 *")
+    assert code == 2
+    assert err.decode().startswith("logrelay: invalid setting POLL_SCHEDULE: '0 0 30 2 *' never comes"), err
+    assert not fake.log_requests
+
+
+async def test_a_background_loop_that_dies_is_logged_at_once(
+    fake: FakeAuth0,
+    poller_settings: Callable[..., Settings],
+    start_server: Any,
+    engine: AsyncEngine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A schedule that validation would refuse (model_copy does not validate): the poller loop fails
+    # as it starts, as any loop might from a fault; serve goes on, and says so now, not at shutdown.
+    settings = poller_settings().model_copy(update={"poll_schedule": "sometimes"})
+    server = await start_server(settings, run_workers=True)
+    await until(lambda: any(r.getMessage().startswith("background loop") for r in caplog.records), "the log")
+    [record] = [r for r in caplog.records if r.getMessage().startswith("background loop")]
+    assert record.levelno == logging.ERROR
+    assert "run_poller_loop" in record.getMessage()
+    assert record.exc_info is not None
+    async with httpx.AsyncClient(base_url=server.base_url) as client:
+        assert (await client.get("/readyz")).status_code == 200
 
 
 async def test_poll_once_command_exit_codes(
@@ -286,3 +327,63 @@ async def test_the_run_history_is_pruned_when_a_run_closes(
     # last day stays whole (the daily report reads it), and so does the run that just closed.
     assert len(kept) == KEEP_RUNS + 10 + 1
     assert min(kept) >= now - timedelta(days=1)
+
+
+async def test_sigterm_ends_a_pass_started_through_the_api_cleanly(
+    fake: FakeAuth0, poller_settings: Callable[..., Settings], engine: AsyncEngine, tmp_path: Path
+) -> None:
+    fake.add(make_logs(5))
+    fake.force_429, fake.retry_after = {1}, 120  # the pass waits two minutes inside its first request
+    async with serving(poller_settings(), tmp_path, RUN_WORKERS="false") as (process, base_url):
+        # Longer than uvicorn's graceful shutdown (30 s), after which it would cancel the request.
+        async with httpx.AsyncClient(base_url=base_url, timeout=90) as client:
+            running = asyncio.create_task(client.post("/api/poller/run", headers=bearer(ADMIN_TOKEN)))
+            await until(lambda: bool(fake.log_requests), "the first logs request")
+            process.send_signal(signal.SIGTERM)  # as a container stop or systemd would
+            answer = await running
+        await asyncio.wait_for(process.wait(), 60)  # a bound on waiting: it shuts down
+    assert answer.status_code == 200, answer.text
+    stopped = answer.json()
+    assert stopped["ran"]
+    assert stopped["error"] is None
+    assert not stopped["caught_up"]
+    async with engine.connect() as conn:
+        lease = (await conn.execute(select(PollerState.lease_owner, PollerState.lease_until))).one()
+        ended = list(await conn.scalars(select(PollerRun.ended_at)))
+        assert not await is_pass_running(conn)
+    assert tuple(lease) == (None, None)
+    assert len(ended) == 1
+    assert ended[0] is not None
+
+
+async def test_replicas_keep_one_interval_between_them(
+    fake: FakeAuth0, poller_settings: Callable[..., Settings], context_for: Any, engine: AsyncEngine
+) -> None:
+    fake.add(make_logs(5))
+    settings = poller_settings(poll_schedule="1h")
+    async with context_for(settings) as replica_a, context_for(settings) as replica_b:
+        assert (await poll_once(replica_a)).stored == 5  # A's loop, a cron `poll --once`, the API
+        asked = len(fake.log_requests)
+        # B's loop starts (a restart, `serve --workers 2`, another replica): the next pass is due an
+        # hour after A's, not now.
+        pauses = Pauses(stop_after=1)
+        await run_poller_loop(replica_b, asyncio.Event(), wait=pauses)
+    assert len(fake.log_requests) == asked
+    [pause] = pauses.seconds
+    assert 3500 < pause <= 3600
+    async with engine.connect() as conn:
+        assert await conn.scalar(select(func.count()).select_from(PollerRun)) == 1
+
+
+async def test_a_pass_planned_before_another_process_ran_one_is_skipped(
+    fake: FakeAuth0, poller_settings: Callable[..., Settings], context_for: Any, engine: AsyncEngine
+) -> None:
+    fake.add(make_logs(5))
+    async with context_for(poller_settings()) as replica_a, context_for(poller_settings()) as replica_b:
+        # B planned its pass when no run was recorded (0); A ran one before B took the lock.
+        assert (await poll_once(replica_a)).ran
+        asked = len(fake.log_requests)
+        late = await poll_once(replica_b, last_run_id=0)
+    assert not late.ran
+    assert late.skipped == "ran_elsewhere"
+    assert len(fake.log_requests) == asked

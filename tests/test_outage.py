@@ -414,6 +414,52 @@ async def test_a_round_whose_outcome_cannot_be_recorded_is_sent_again_and_none_i
     assert all(sent.count(e["log_id"]) >= 2 for e in events), sent
 
 
+@pg_only
+async def test_ingest_answers_503_within_the_commit_timeout_while_the_database_host_is_silent(
+    proxy: DatabaseProxy,
+    make_settings: Callable[..., Settings],
+    start_server: Callable[..., Any],
+    engine: AsyncEngine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The database's host goes silent: nothing it is sent arrives, and nothing says so. Each request
+    is answered 503 once its group commit has run out of COMMIT_TIMEOUT, both those whose writer had a
+    connection already and those that needed a new one; the stuck connections are thrown away, and
+    once the host answers again the next requests are stored, Auth0's retries of the refused ones
+    too, each event once."""
+    caplog.set_level(logging.INFO, logger="app")
+    live = await start_server(make_settings(database_url=through(proxy), commit_timeout=1.0))
+    # A generous bound on each answer, 10 x COMMIT_TIMEOUT: a group may wait behind a stuck one (about
+    # twice the timeout), and the machine may be loaded. Before the timeout, these requests never ended.
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=10.0) as client:
+        before = [[make_event()] for _ in range(4)]  # the writers open their connections
+        assert [r.status_code for r in await asyncio.gather(*(post(client, b) for b in before))] == [200] * 4
+
+        proxy.blackhole()
+        refused = [[make_event(), make_event()] for _ in range(8)]
+        try:
+            for response in await asyncio.gather(*(post(client, batch) for batch in refused)):
+                assert_unavailable(response)
+            refused.append([make_event()])
+            assert_unavailable(await post(client, refused[-1]))  # after the first timeouts, too
+            assert (await client.get("/healthz")).status_code == 200
+        finally:
+            proxy.resume()  # should the above fail, no request is left hanging at the server's stop
+
+        after = [make_event() for _ in range(3)]
+        stored = await post(client, after)
+        assert stored.status_code == 200, stored.text
+        assert stored.json()["stored"] == 3
+        for batch in refused:  # Auth0 sends them again
+            retried = await post(client, batch)
+            assert retried.status_code == 200, retried.text
+            assert retried.json()["received"] == len(batch)
+
+    sent = {e["log_id"] for batch in [*before, *refused, after] for e in batch}
+    assert await stored_ids(engine) == sent  # log_id is the key: each is stored once
+    assert any(r.getMessage() == "store failed: CommitTimeout" for r in caplog.records)
+
+
 # --- backing off while the database is gone --------------------------------------------------------
 
 

@@ -10,6 +10,10 @@ SQLite has one writer at a time, so its committer is one thread with a synchrono
 takes batches straight from a thread-safe queue: through the async driver every statement, and the
 hand-over between commits, would wait for a turn of the event loop, which under load is busy parsing
 the next requests. PostgreSQL takes a few transactions in parallel: a few writer tasks on the loop.
+
+A PostgreSQL commit that has not finished within COMMIT_TIMEOUT fails its group with CommitTimeout (a
+503: Auth0 sends the events again, and they are deduplicated, so a commit whose outcome is unknown is
+safe to retry) and its connection is closed, so that a host gone silent holds no writer for longer.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Protocol
 
 from sqlalchemy import Engine
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db import is_unavailable
 from app.ingest import Batch, StoreResult, store_batches
@@ -31,6 +36,10 @@ log = logging.getLogger(__name__)
 
 _Pending = tuple[Batch, "asyncio.Future[StoreResult]"]
 _Outcome = StoreResult | Exception
+
+
+class CommitTimeout(TimeoutError):
+    """A group commit did not finish in time; whether it was committed is unknown."""
 
 
 class Committer(Protocol):
@@ -90,10 +99,11 @@ class SQLiteCommitter:
 class AsyncCommitter:
     """A few writer tasks on the event loop, each with its own transaction (PostgreSQL)."""
 
-    def __init__(self, engine: AsyncEngine, *, max_rows: int, writers: int) -> None:
+    def __init__(self, engine: AsyncEngine, *, max_rows: int, writers: int, timeout: float) -> None:
         self._engine = engine
         self._max_rows = max_rows
         self._writers = writers
+        self._timeout = timeout
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -111,6 +121,7 @@ class AsyncCommitter:
         for _ in self._tasks:
             await self._queue.put(None)
         await asyncio.gather(*self._tasks)
+        await self._engine.dispose()
 
     async def _write_loop(self) -> None:
         while (first := await self._queue.get()) is not None:
@@ -127,8 +138,39 @@ class AsyncCommitter:
                 _settle(future, outcome)
 
     async def _transaction(self, batches: list[Batch]) -> list[StoreResult]:
-        async with self._engine.begin() as conn:
-            return await conn.run_sync(store_batches, batches)
+        """One transaction, given up `timeout` seconds after it starts (CommitTimeout)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        async with _connection(self._engine, deadline) as conn:
+            # The deadline closes the connection under the transaction rather than cancelling it:
+            # asyncpg would send a cancel request on a new connection, to a host that may not answer,
+            # and the rollback after it would wait on the connection that does not.
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            closing = loop.call_at(deadline, driver.terminate)
+            try:
+                async with conn.begin():
+                    return await conn.run_sync(store_batches, batches)
+            except Exception as exc:
+                if loop.time() >= deadline:  # the connection was closed by the deadline, or is lost
+                    raise CommitTimeout(f"no commit within {self._timeout:g} s") from exc
+                raise
+            finally:
+                closing.cancel()
+
+
+@asynccontextmanager
+async def _connection(engine: AsyncEngine, deadline: float) -> AsyncIterator[AsyncConnection]:
+    """A connection from the pool by `deadline`: a new one to a silent host hangs in its handshake."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            conn = await engine.connect()
+    except TimeoutError:
+        raise CommitTimeout("no connection to the database in time") from None
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 def _outcomes(

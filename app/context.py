@@ -16,13 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import __version__
 from app.committer import AsyncCommitter, Committer, SQLiteCommitter
 from app.config import Settings
-from app.db import make_engine, make_sqlite_writer_engine
+from app.db import make_engine, make_ingest_engine, make_sqlite_writer_engine
 from app.destinations import env_destination_specs, sync_env_destinations
 from app.extension import extension_destination_spec
 from app.tokens import Tokens, load_tokens
 from app.wal import run_checkpoints
 
 USER_AGENT = f"logrelay/{__version__}"
+INGEST_WRITERS = 4  # PostgreSQL group commits in parallel
 
 
 @dataclass
@@ -59,8 +60,13 @@ async def open_context(settings: Settings) -> AsyncIterator[Context]:
     committer: Committer
     if settings.is_sqlite:  # one writer at a time
         committer = SQLiteCommitter(make_sqlite_writer_engine(settings), max_rows=settings.commit_max_rows)
-    else:  # a few transactions in parallel
-        committer = AsyncCommitter(engine, max_rows=settings.commit_max_rows, writers=4)
+    else:  # a few transactions in parallel, on connections of their own
+        committer = AsyncCommitter(
+            make_ingest_engine(settings, writers=INGEST_WRITERS),
+            max_rows=settings.commit_max_rows,
+            writers=INGEST_WRITERS,
+            timeout=settings.commit_timeout,
+        )
     http = httpx.AsyncClient(
         headers={"User-Agent": USER_AGENT},
         timeout=settings.delivery_timeout,

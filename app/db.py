@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ from sqlalchemy.orm import DeclarativeBase
 
 from app.config import Settings
 from app.files import private_file
+
+log = logging.getLogger(__name__)
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -109,6 +113,22 @@ def sqlite_path(settings: Settings) -> Path | None:
     return Path(path) if path else None
 
 
+# A host that goes silent (a failover, a NAT's idle timeout, a pulled cable) sends no RST: without
+# keepalive an idle connection to it waits for ever, and unacknowledged data is retransmitted for about
+# 15 minutes before the kernel gives up. With these, a connection to a silent host fails in about a
+# minute, idle or with data in flight, and a live one costs one probe per 30 s of silence. Constants,
+# not settings: a live host's kernel answers probes and acknowledges data whatever PostgreSQL is doing,
+# so no query, however long, is cut by them.
+KEEPALIVE_IDLE = 30  # seconds of silence before the first probe
+KEEPALIVE_INTERVAL = 10  # seconds between probes
+KEEPALIVE_COUNT = 3  # unanswered probes that end the connection: 30 + 3 x 10 = 60 s
+USER_TIMEOUT = 60  # seconds sent data may stay unacknowledged (Linux TCP_USER_TIMEOUT), as long
+CONNECT_TIMEOUT = 10  # seconds for a new connection, handshake included (asyncpg's default is 60)
+# A session idle inside a transaction this long is ended by PostgreSQL, which frees its locks: logrelay
+# never waits on anything else inside a transaction, so only a client that vanished or hung is ended.
+IDLE_IN_TRANSACTION_TIMEOUT = 60  # seconds
+
+
 def make_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
     if settings.is_sqlite:
         if path := sqlite_path(settings):
@@ -121,20 +141,72 @@ def make_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    engine = create_async_engine(
-        settings.database_url,
-        **_ENGINE_OPTIONS,
-        pool_size=10,
-        max_overflow=10,
-        pool_recycle=1800,
+    return _postgres_engine(settings, {}, pool_size=10, max_overflow=10, **kwargs)
+
+
+def make_ingest_engine(settings: Settings, *, writers: int) -> AsyncEngine:
+    """PostgreSQL connections of the group committer's own, one per writer.
+
+    Their sessions wait for a lock at most half COMMIT_TIMEOUT: PostgreSQL then ends the wait itself
+    (a 503, the connection kept) before the committer gives up on the connection, and no other
+    transaction is held to that limit. Apart from the shared pool, a backlog of reads cannot keep
+    ingest waiting for a connection.
+    """
+    lock_timeout = max(1, round(settings.commit_timeout * 500))  # milliseconds; 0 would mean none
+    return _postgres_engine(settings, {"lock_timeout": str(lock_timeout)}, pool_size=writers, max_overflow=0)
+
+
+def _postgres_engine(settings: Settings, server_settings: dict[str, str], **kwargs: Any) -> AsyncEngine:
+    settings_sent = {
         # Plan each statement for its actual values: event filters are heavily skewed (one user has
         # ten events, another ten thousand), and the generic plan a prepared statement falls back to
         # after five runs reads the wrong index for one or the other.
-        connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan"}},
+        "plan_cache_mode": "force_custom_plan",
+        "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_TIMEOUT * 1000),
+        # The server's side of the same keepalive: a logrelay host that vanished has its sessions, and
+        # the locks they hold (the poller's advisory lock), ended in about a minute, not two hours.
+        # PostgreSQL ignores them on a Unix socket.
+        "tcp_keepalives_idle": str(KEEPALIVE_IDLE),
+        "tcp_keepalives_interval": str(KEEPALIVE_INTERVAL),
+        "tcp_keepalives_count": str(KEEPALIVE_COUNT),
+        "tcp_user_timeout": str(USER_TIMEOUT * 1000),
+        **server_settings,
+    }
+    engine = create_async_engine(
+        settings.database_url,
+        **_ENGINE_OPTIONS,
+        pool_recycle=1800,
+        connect_args={"timeout": CONNECT_TIMEOUT, "server_settings": settings_sent},
         **kwargs,
     )
+    event.listen(engine.sync_engine, "connect", _keepalive)
     event.listen(engine.sync_engine, "checkout", _replace_closed)
     return engine
+
+
+def _keepalive(dbapi_connection: Any, _record: Any) -> None:
+    # asyncpg has no keepalive option (MagicStack/asyncpg#606); its connection keeps the transport,
+    # whose socket takes the options.
+    transport = getattr(dbapi_connection.driver_connection, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        log.warning("no socket found on a PostgreSQL connection: it has no TCP keepalive")
+        return
+    if sock.family in (socket.AF_INET, socket.AF_INET6):  # not a Unix socket
+        _set_keepalive(sock)
+
+
+def _set_keepalive(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    options = {
+        "TCP_KEEPIDLE": KEEPALIVE_IDLE,
+        "TCP_KEEPINTVL": KEEPALIVE_INTERVAL,
+        "TCP_KEEPCNT": KEEPALIVE_COUNT,
+        "TCP_USER_TIMEOUT": USER_TIMEOUT * 1000,  # milliseconds
+    }
+    for name, value in options.items():
+        if (option := getattr(socket, name, None)) is not None:  # each is missing on some systems
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 def _replace_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
@@ -142,14 +214,16 @@ def _replace_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
     # pg_terminate_backend, a pgbouncer restart, an idle-connection killer) is replaced before use,
     # instead of failing the request that draws it. asyncpg knows without a round trip; pool_pre_ping
     # would cost three per checkout (BEGIN, the ping, ROLLBACK: +0.3 ms of CPU per transaction here).
+    # Keepalive closes one whose host went silent the same way.
     if dbapi_connection.driver_connection.is_closed():
         raise DisconnectionError("the database closed this pooled connection")
 
 
 # SQLSTATE classes of a database that cannot serve anyone right now: connection exception (08),
 # insufficient resources (53: too many connections, disk full), operator intervention (57: shutdown,
-# terminated, starting up), system error (58: I/O), and no such database (3D).
-_UNAVAILABLE_SQLSTATES = ("08", "53", "57", "58", "3D")
+# terminated, starting up), system error (58: I/O), no such database (3D), and a lock not obtained
+# within lock_timeout (55P03: ingest's, see make_ingest_engine).
+_UNAVAILABLE_SQLSTATES = ("08", "53", "57", "58", "3D", "55P03")
 
 
 def is_unavailable(exc: BaseException) -> bool:

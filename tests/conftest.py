@@ -22,6 +22,7 @@ from app import migrate
 from app.config import Settings
 from app.db import Base, make_engine
 from app.main import create_app
+from tests.database_proxy import DatabaseProxy
 from tests.relay.receiver import Receiver
 
 # shared/ lies beside the checkout, here and in CI.
@@ -156,6 +157,16 @@ async def receiver() -> AsyncIterator[Receiver]:
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[DatabaseProxy]:
+    """A relay in front of the test database (PostgreSQL) that a test can cut or silence."""
+    assert PG_URL is not None
+    relay = DatabaseProxy(PG_URL)
+    await relay.up()
+    yield relay
+    await relay.down()
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ Requests whose work was not committed get a 503 with a JSON error (Auth0 sends t
 carry on, and deliver and poll again after, losing no outbox row.
 
 The PostgreSQL tests kill only the test database's own connections; the cluster is never stopped.
-A database that cannot be reached is a TCP relay in front of it (tests.test_outage.DatabaseProxy)
-that stops relaying, as a load balancer or pgbouncer in front of PostgreSQL would."""
+A database that cannot be reached is a TCP relay in front of it (tests.database_proxy) that stops
+relaying, or goes silent, as a load balancer or pgbouncer in front of PostgreSQL would."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ from tests.conftest import (
     database_gone,
     is_postgres,
 )
+from tests.database_proxy import DatabaseProxy, database_address, through
 from tests.factories import make_event, make_stream_body
 from tests.poller.fake_auth0 import CLIENT_ID, CLIENT_SECRET, FakeAuth0, make_logs, serve
 from tests.receiver.support import stored_ids
@@ -130,7 +131,8 @@ async def terminate_backends(control: asyncpg.Connection) -> None:
 
 def database_port() -> int:
     assert PG_URL is not None
-    return make_url(PG_URL).port or 5432
+    address = database_address(PG_URL)
+    return 0 if isinstance(address, str) else address[1]  # 0: over a Unix socket, no port
 
 
 def _running(pid: int) -> bool:
@@ -182,73 +184,6 @@ async def control_connection() -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
-class DatabaseProxy:
-    """A TCP relay on 127.0.0.1 in front of the database. `down()` cuts every connection through it
-    and refuses new ones (connection refused) until `up()`, as a database host that went away."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._pipes: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    async def up(self) -> None:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port, reuse_address=True)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def down(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for client, upstream in list(self._pipes):
-            client.transport.close()
-            upstream.transport.close()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            self._tasks.discard(task)
-            return
-        pipe = (writer, up_writer)
-        self._pipes.add(pipe)
-        try:
-            await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
-        finally:
-            self._pipes.discard(pipe)
-            self._tasks.discard(task)
-
-
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(OSError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    writer.transport.close()  # the end of one side is the end of the other
-
-
-@pytest.fixture
-async def proxy() -> AsyncIterator[DatabaseProxy]:
-    assert PG_URL is not None
-    url = make_url(PG_URL)
-    relay = DatabaseProxy(url.host or "127.0.0.1", database_port())
-    await relay.up()
-    yield relay
-    await relay.down()
-
-
-def through(proxy: DatabaseProxy) -> str:
-    """The test database's URL, through the relay."""
-    assert PG_URL is not None
-    return make_url(PG_URL).set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-
-
 # --- tests --------------------------------------------------------------------------------------
 
 
@@ -289,6 +224,8 @@ async def test_a_commit_whose_connection_is_killed_is_a_503_and_the_next_one_is_
         posting = asyncio.create_task(post(client, cut))
 
         async def waiting() -> bool:
+            # Within a transaction the list of backends is read once: the ingest's may be newer.
+            await control.execute("SELECT pg_stat_clear_snapshot()")
             return bool(
                 await control.fetchval(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
@@ -475,6 +412,52 @@ async def test_a_round_whose_outcome_cannot_be_recorded_is_sent_again_and_none_i
     # is at-least-once too: on a slow machine the held send may time out, and be recorded as failed,
     # before the database goes.
     assert all(sent.count(e["log_id"]) >= 2 for e in events), sent
+
+
+@pg_only
+async def test_ingest_answers_503_within_the_commit_timeout_while_the_database_host_is_silent(
+    proxy: DatabaseProxy,
+    make_settings: Callable[..., Settings],
+    start_server: Callable[..., Any],
+    engine: AsyncEngine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The database's host goes silent: nothing it is sent arrives, and nothing says so. Each request
+    is answered 503 once its group commit has run out of COMMIT_TIMEOUT, both those whose writer had a
+    connection already and those that needed a new one; the stuck connections are thrown away, and
+    once the host answers again the next requests are stored, Auth0's retries of the refused ones
+    too, each event once."""
+    caplog.set_level(logging.INFO, logger="app")
+    live = await start_server(make_settings(database_url=through(proxy), commit_timeout=1.0))
+    # A generous bound on each answer, 10 x COMMIT_TIMEOUT: a group may wait behind a stuck one (about
+    # twice the timeout), and the machine may be loaded. Before the timeout, these requests never ended.
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=10.0) as client:
+        before = [[make_event()] for _ in range(4)]  # the writers open their connections
+        assert [r.status_code for r in await asyncio.gather(*(post(client, b) for b in before))] == [200] * 4
+
+        proxy.blackhole()
+        refused = [[make_event(), make_event()] for _ in range(8)]
+        try:
+            for response in await asyncio.gather(*(post(client, batch) for batch in refused)):
+                assert_unavailable(response)
+            refused.append([make_event()])
+            assert_unavailable(await post(client, refused[-1]))  # after the first timeouts, too
+            assert (await client.get("/healthz")).status_code == 200
+        finally:
+            proxy.resume()  # should the above fail, no request is left hanging at the server's stop
+
+        after = [make_event() for _ in range(3)]
+        stored = await post(client, after)
+        assert stored.status_code == 200, stored.text
+        assert stored.json()["stored"] == 3
+        for batch in refused:  # Auth0 sends them again
+            retried = await post(client, batch)
+            assert retried.status_code == 200, retried.text
+            assert retried.json()["received"] == len(batch)
+
+    sent = {e["log_id"] for batch in [*before, *refused, after] for e in batch}
+    assert await stored_ids(engine) == sent  # log_id is the key: each is stored once
+    assert any(r.getMessage() == "store failed: CommitTimeout" for r in caplog.records)
 
 
 # --- backing off while the database is gone --------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import sqlite3
@@ -112,7 +113,7 @@ async def test_stop_commits_and_answers_every_queued_batch(settings: Settings, e
     if settings.is_sqlite:
         committer = SQLiteCommitter(make_sqlite_writer_engine(settings), max_rows=20)
     else:
-        committer = AsyncCommitter(engine, max_rows=20, writers=2)
+        committer = AsyncCommitter(engine, max_rows=20, writers=2, timeout=30)
     committer.start()
     now = datetime.now(UTC)
     batches = [to_rows([to_event(make_event()) for _ in range(10)], "stream", now)[0] for _ in range(12)]
@@ -264,6 +265,35 @@ async def test_a_lock_held_past_the_busy_timeout_is_a_503_and_the_writer_goes_on
         async with write_lock(engine, settings):
             for response in await asyncio.gather(*(post(client, events) for events in refused)):
                 assert_retryable(response)
+        assert await stored_ids(engine) == set()
+        for events in refused:
+            retried = await post(client, events)
+            assert retried.status_code == 200, retried.text
+            assert retried.json()["stored"] == 1
+    assert await stored_ids(engine) == {events[0]["log_id"] for events in refused}
+
+
+@pytest.mark.skipif(not is_postgres(), reason="PostgreSQL's lock_timeout")
+async def test_a_lock_held_past_the_lock_timeout_is_a_503_and_the_writers_go_on(
+    make_settings: Callable[..., Settings],
+    start_server: Callable[..., Any],
+    engine: AsyncEngine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The same on PostgreSQL: ingest's sessions wait for a lock at most half COMMIT_TIMEOUT, and then
+    PostgreSQL itself ends the wait (lock_timeout), before the commit timeout would close their
+    connections. The requests are 503s, and the retries are stored once the lock is free."""
+    caplog.set_level(logging.ERROR, logger="app.committer")
+    settings = make_settings(commit_timeout=4.0)  # lock_timeout 2 s: 2 s to spare on a loaded machine
+    live = await start_server(settings)
+    refused = [[make_event()] for _ in range(4)]
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=30) as client:
+        async with write_lock(engine, settings):
+            for response in await asyncio.gather(*(post(client, events) for events in refused)):
+                assert_retryable(response)
+        failures = [record.exc_info[1] for record in caplog.records if record.exc_info]
+        assert failures
+        assert all(getattr(getattr(exc, "orig", None), "sqlstate", None) == "55P03" for exc in failures)
         assert await stored_ids(engine) == set()
         for events in refused:
             retried = await post(client, events)

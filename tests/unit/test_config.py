@@ -161,6 +161,8 @@ def test_dotenv_file(tmp_path: Path) -> None:
         ("SERVICE_LOG_LEVEL", "verbose"),
         ("DELIVERY_MAX_AGE", "soon"),
         ("DELIVERY_TIMEOUT", "soon"),
+        ("COMMIT_TIMEOUT", "0"),
+        ("COMMIT_TIMEOUT", "PT10M"),  # a commit that long would hold Auth0's requests for as long
         ("POLL_MAX_RUN_SECONDS", "P"),
         ("SIGNING_SECRET_GRACE", "P31D"),
         ("SIGNING_SECRET_GRACE", "-1"),
@@ -201,6 +203,7 @@ def test_defaults() -> None:
     settings = make()
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
     assert settings.max_body_bytes == 16 * 1024 * 1024
+    assert settings.commit_timeout == 10.0
     assert settings.log_stream_token == []
 
 
@@ -234,13 +237,13 @@ def test_settings_kept_as_seconds_take_iso_8601_too(
     monkeypatch: pytest.MonkeyPatch, value: str, expected: float
 ) -> None:
     names = ("DELIVERY_TIMEOUT", "DELIVERY_POLL_INTERVAL", "DELIVERY_BACKOFF_BASE", "DELIVERY_BACKOFF_MAX")
-    for name in (*names, "POLL_MAX_RUN_SECONDS"):
+    for name in (*names, "POLL_MAX_RUN_SECONDS", "COMMIT_TIMEOUT"):
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("DELIVERY_LEASE", "P1D")
     settings = make()
     assert settings.delivery_timeout == settings.delivery_poll_interval == expected
     assert settings.delivery_backoff_base == settings.delivery_backoff_max == expected
-    assert settings.poll_max_run_seconds == expected
+    assert settings.poll_max_run_seconds == settings.commit_timeout == expected
 
 
 def test_level_names_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:

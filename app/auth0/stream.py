@@ -9,7 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from array import array
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import orjson
@@ -24,6 +27,7 @@ _ITEM_ERRORS = ("number is infinity", "depth limit exceeded")
 # never ends), brackets and commas.
 _TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|["\[\]{},]', re.DOTALL)
 _QUOTE, _BRACKET = ord('"'), ord("[")
+_JSON_SPACE = b" \t\r\n"
 _OPENERS, _CLOSERS = b"[{", b"]}"
 # A UTF-16 surrogate escape after an even run of backslashes (an odd run makes it text): a high one
 # with its low one (a pair, kept), a high one alone, or a low one alone.
@@ -77,7 +81,7 @@ def parse_body(body: bytes, max_event_bytes: int) -> ParsedBody:
     try:
         document = _loads(body)
     except orjson.JSONDecodeError as exc:
-        where = f"invalid JSON at line {exc.lineno}, column {exc.colno} (char {exc.pos}): {exc.msg}"
+        where = _where(exc)
         # A value orjson cannot hold fails one item, not the well-formed array or page around it.
         split = _split_items(body) if exc.msg.startswith(_ITEM_ERRORS) else None
         if split is not None:
@@ -92,6 +96,51 @@ def parse_body(body: bytes, max_event_bytes: int) -> ParsedBody:
                 raise BodyError(where) from None
     else:
         parsed = _parse_document(document, body, max_event_bytes)
+    _check_usable(parsed)
+    return parsed
+
+
+def parse_parts(body: bytes, max_event_bytes: int, size: int) -> Iterator[ParsedBody]:
+    """parse_body's events and rejections, the same and in the same order, in parts of at most `size`
+    lines or items; only one part's objects exist at a time (parse_body holds every event's at once,
+    over a kilobyte each). For a large body: it reads an array twice, and costs more than parse_body.
+    A body that is one event, or an odd document that only orjson can tell apart, is read whole, in
+    one part.
+
+    No part comes before one with an event: a body without any is refused (BodyError) before the first
+    part, so nothing of it is stored."""
+    if body.startswith(_BOM):
+        body = b"   " + body[len(_BOM) :]
+    if not body.strip():
+        raise BodyError("the body is empty")
+    cut = _cut_items(body)
+    parts: Iterator[ParsedBody]
+    where: Callable[[], str] | None = None
+    if cut is None:
+        # JSON Lines, one event, or no JSON: orjson stops at the end of the first value (a line) or
+        # at its first error, as in parse_body.
+        try:
+            document = _loads(body)
+        except orjson.JSONDecodeError as exc:
+            where = partial(_where, exc)
+            parts = _line_parts(body, size, max_event_bytes, where)
+        else:
+            parts = iter([_check_usable(_parse_document(document, body, max_event_bytes))])
+    elif not _is_plain(cut, body):
+        # A page with more than its `logs` to read, or odd bytes around the document: read whole.
+        parts = iter([parse_body(body, max_event_bytes)])
+    elif (error := _first_error(cut, body, size)) is None:
+        parts = _document_parts(cut, body, size, max_event_bytes)
+    elif error.startswith(_ITEM_ERRORS):
+        parts = _item_parts(cut, body, size, max_event_bytes)
+    else:
+        # Where the error lies in the whole body is wanted only to refuse it: orjson finds it.
+        where = partial(_where_in, body)
+        parts = _line_parts(body, size, max_event_bytes, where)
+    yield from _from_first_event(parts, where)
+
+
+def _check_usable(parsed: ParsedBody) -> ParsedBody:
     if not parsed.events and parsed.rejected:
         first = parsed.rejected[0]
         where = "line" if parsed.framing == "jsonl" else "item"
@@ -99,9 +148,42 @@ def parse_body(body: bytes, max_event_bytes: int) -> ParsedBody:
     return parsed
 
 
+def _where(exc: orjson.JSONDecodeError) -> str:
+    return f"invalid JSON at line {exc.lineno}, column {exc.colno} (char {exc.pos}): {exc.msg}"
+
+
+def _where_in(body: bytes) -> str:
+    try:
+        _loads(body)
+    except orjson.JSONDecodeError as exc:
+        return _where(exc)
+    raise AssertionError("a body read as broken JSON that orjson reads")
+
+
+def _from_first_event(parts: Iterator[ParsedBody], where: Callable[[], str] | None) -> Iterator[ParsedBody]:
+    """The parts, held back until one has an event; BodyError, as parse_body says it, if none has.
+    `where`: for JSON Lines, where orjson found the body broken."""
+    held: list[ParsedBody] = []
+    for part in parts:
+        held.append(part)
+        if part.events:
+            yield from held
+            held.clear()  # each part is let go once handed out
+            yield from parts
+            return
+    first = next((part.rejected[0] for part in held if part.rejected), None)
+    if first is None:  # nothing at all, such as `[]`: not refused
+        yield from held
+        return
+    if where is not None and first.reason.startswith("invalid JSON"):
+        raise BodyError(where())
+    _check_usable(ParsedBody(held[0].framing, [], [first]))
+
+
 def _parse_lines(body: bytes, max_event_bytes: int) -> ParsedBody:
     parsed = ParsedBody("jsonl")
     for number, line in enumerate(body.split(b"\n"), start=1):
+        # _add_line, inline: the call per line was a measurable part of a small body's cost.
         line = line.strip()
         if not line:
             continue
@@ -111,6 +193,38 @@ def _parse_lines(body: bytes, max_event_bytes: int) -> ParsedBody:
             continue
         _add_raw(parsed, number, line, "", max_event_bytes)
     return parsed
+
+
+def _line_parts(
+    body: bytes, size: int, max_event_bytes: int, where: Callable[[], str]
+) -> Iterator[ParsedBody]:
+    """parse_body's reading of a body that is not one JSON document, a part at a time: the lines are
+    cut from the body as they are read."""
+    if b"\n" not in body:
+        raise BodyError(where())
+    parsed = ParsedBody("jsonl")
+    start, number = 0, 1
+    while start <= len(body):
+        end = body.find(b"\n", start)
+        end = len(body) if end == -1 else end
+        _add_line(parsed, number, body[start:end], max_event_bytes)
+        if parsed.received == size:
+            yield parsed
+            parsed = ParsedBody("jsonl")
+        start, number = end + 1, number + 1
+    if parsed.received:
+        yield parsed
+
+
+def _add_line(parsed: ParsedBody, number: int, line: bytes, max_event_bytes: int) -> None:
+    line = line.strip()
+    if not line:
+        return
+    if len(line) > max_event_bytes:
+        reason = f"{len(line)} bytes exceeds MAX_EVENT_BYTES ({max_event_bytes})"
+        parsed.rejected.append(Rejected(number, reason, line))
+        return
+    _add_raw(parsed, number, line, "", max_event_bytes)
 
 
 def _parse_document(document: object, body: bytes, max_event_bytes: int) -> ParsedBody:
@@ -155,6 +269,34 @@ def _add_raw(parsed: ParsedBody, position: int, raw: bytes, where: str, max_even
 def _split_items(body: bytes) -> tuple[Framing, list[bytes]] | None:
     """The items of a body that is one array, or one page `{"logs": [...]}`, as sent (stripped);
     None if it is neither. Only strings and brackets are read here: each item is parsed on its own."""
+    cut = _cut_items(body)
+    return None if cut is None else (cut.framing, [cut.item(body, i) for i in range(len(cut))])
+
+
+@dataclass(slots=True)
+class _Cut:
+    """Where the items of a body that is one array, or one page, lie in it."""
+
+    framing: Framing
+    start: int  # the document's first byte
+    end: int  # after its last
+    bounds: array[int]  # item i is body[bounds[i] : bounds[i + 1] - 1], unstripped; empty if none
+    logs: tuple[int, int] = (0, 0)  # a page's `logs` array, brackets included
+
+    def __len__(self) -> int:
+        return max(len(self.bounds) - 1, 0)
+
+    def item(self, body: bytes, index: int) -> bytes:
+        return body[self.bounds[index] : self.bounds[index + 1] - 1].strip()
+
+    def window(self, body: bytes, first: int, last: int) -> bytes:
+        """Items first to last (excluded) as one array, nested as deep as in the body, so that orjson
+        reads them as it would read them there (its depth limit counts the levels around them)."""
+        items = body[self.bounds[first] : self.bounds[last] - 1]
+        return b"[" + items + b"]" if self.framing == "array" else b"[[" + items + b"]]"
+
+
+def _cut_items(body: bytes) -> _Cut | None:
     start = len(body) - len(body.lstrip())
     if body.startswith(b"[", start):
         framing: Framing = "array"
@@ -164,8 +306,8 @@ def _split_items(body: bytes) -> tuple[Framing, list[bytes]] | None:
         return None
     opened = bytearray()  # the brackets open at this point
     depth_of_items = 1 if framing == "array" else 0  # a page's: 2 once its `logs` opens, -1 once read
-    items: list[bytes] = []
-    item_start = start + 1
+    bounds = array("q", [start + 1])
+    logs_start = 0
     keys: list[object] = []  # a page's keys
     want_key = framing == "object"
     for token in _TOKENS.finditer(body, start):
@@ -185,31 +327,95 @@ def _split_items(body: bytes) -> tuple[Framing, list[bytes]] | None:
                 and not want_key
                 and keys[-1] == "logs"
             ):
-                depth_of_items, items, item_start = 2, [], token.end()  # a later `logs` wins, as in a dict
+                # A later `logs` wins, as in a dict.
+                depth_of_items, bounds, logs_start = 2, array("q", [token.end()]), token.start()
         elif char in _CLOSERS:
             if not opened or opened.pop() != _OPENERS[_CLOSERS.index(char)]:
                 return None
             if depth == depth_of_items:
-                last = body[item_start : token.start()].strip()
-                if last or items:
-                    items.append(last)
+                if len(bounds) > 1 or body[bounds[-1] : token.start()].strip():
+                    bounds.append(token.end())
+                else:
+                    bounds = array("q")  # no item
                 if framing == "object":
-                    depth_of_items = -1
+                    depth_of_items, logs = -1, (logs_start, token.end())
             if not opened:
                 end = token.end()
                 break
         elif depth == depth_of_items:  # a comma between items
-            items.append(body[item_start : token.start()].strip())
-            item_start = token.end()
+            bounds.append(token.end())
         elif depth == 1:  # a comma between a page's fields
             want_key = True
     else:
         return None  # a bracket is never closed
     if body[end:].strip():
         return None  # more than one document: JSON Lines
-    if framing == "object" and (depth_of_items != -1 or any(key in _EVENT_KEYS for key in keys)):
+    if framing == "array":
+        return _Cut(framing, start, end, bounds)
+    if depth_of_items != -1 or any(key in _EVENT_KEYS for key in keys):
         return None  # an event, or an object without a `logs` array
-    return framing, items
+    return _Cut(framing, start, end, bounds, logs)
+
+
+def _is_plain(cut: _Cut, body: bytes) -> bool:
+    """Whether the items are all there is to read: JSON's whitespace around the document (strip()
+    takes more), and in a page, fields that orjson reads and no later `logs` that is not an array."""
+    if not len(cut) or body[: cut.start].strip(_JSON_SPACE) or body[cut.end :].strip(_JSON_SPACE):
+        return False
+    if cut.framing == "array":
+        return True
+    start, end = cut.logs
+    try:
+        page = _loads(body[:start] + b"[]" + body[end:])
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(page, dict) and page.get("logs") == [] and not page.keys() & _EVENT_KEYS
+
+
+def _first_error(cut: _Cut, body: bytes, size: int) -> str | None:
+    """What orjson says of the whole body, read `size` items at a time: None if it reads them all, else
+    the message of the error it stops at."""
+    error = None
+    for first in range(0, len(cut), size):
+        last = min(first + size, len(cut))
+        window = cut.window(body, first, last)
+        if error is not None:
+            # orjson checks that the whole text is UTF-8 before it reads any of it.
+            try:
+                window.decode()
+            except UnicodeDecodeError:
+                return "str is not valid UTF-8"
+            continue
+        if last - first == 1 and not cut.item(body, first):
+            return "expected a value"  # a blank item alone would read as an empty array
+        try:
+            _loads(window)
+        except orjson.JSONDecodeError as exc:
+            if not exc.msg.startswith(_ITEM_ERRORS):
+                return str(exc.msg)
+            error = str(exc.msg)  # the body is read item by item, unless it is not UTF-8
+    return error
+
+
+def _document_parts(cut: _Cut, body: bytes, size: int, max_event_bytes: int) -> Iterator[ParsedBody]:
+    """_parse_document's parts, for a body orjson reads whole (_first_error found no error)."""
+    for first in range(0, len(cut), size):
+        items = _loads(cut.window(body, first, min(first + size, len(cut))))
+        parsed = ParsedBody(cut.framing)
+        for index, item in enumerate(items if cut.framing == "array" else items[0], start=first):
+            _add_item(parsed, index, item, None, max_event_bytes)
+        for rejected in parsed.rejected:
+            rejected.raw = rejected.raw or cut.item(body, rejected.position)
+        yield parsed
+
+
+def _item_parts(cut: _Cut, body: bytes, size: int, max_event_bytes: int) -> Iterator[ParsedBody]:
+    """_parse_items' parts: each item read alone, as sent."""
+    for first in range(0, len(cut), size):
+        parsed = ParsedBody(cut.framing)
+        for index in range(first, min(first + size, len(cut))):
+            _add_raw(parsed, index, cut.item(body, index), " of the item", max_event_bytes)
+        yield parsed
 
 
 def _key(token: bytes) -> object:

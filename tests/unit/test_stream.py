@@ -363,3 +363,52 @@ def test_events_keep_no_more_memory_than_their_json() -> None:
         tracemalloc.stop()
     assert (len(rows), len(parsed.rejected)) == (count, count)
     assert held / count < 3000, held / count
+
+
+_EVENT = b'{"log_id": "a", "data": {"type": "s"}}'
+_DEEP_IN_PAGE = b"[" * 1021 + b"]" * 1021  # reads alone and in an array, not three levels down a page
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" + b", ".join([_EVENT, b"1", b'{"log_id": "b"}', b"[2]", b'{"log_id": "a"}']) + b"]",
+        b'{"start": 0, "logs": [' + _EVENT + b', 1, {"log_id": "b"}], "total": 3}',
+        b"[" + _EVENT + b", 1e400, " + _EVENT.replace(b'"a"', b'"c"') + b"]",
+        b"[" + _EVENT + b', {"d": ' + _DEEP_IN_PAGE + b'}, {"log_id": "c"}]',
+        b'{"logs": [' + _EVENT + b', {"d": ' + _DEEP_IN_PAGE + b'}, {"log_id": "c"}]}',
+        b"[" + _EVENT + b", " + _EVENT + b" " + _EVENT + b"]",  # a comma missing: not an array
+        b"[\n" + _EVENT + b",\n" + _EVENT + b"\n" + _EVENT + b"\n]",  # ... which JSON Lines read
+        b"[" + _EVENT + b", 1, 2,]",
+        b"[" + _EVENT + b", 1\n",
+        b"\x0c[" + _EVENT + b"]",  # whitespace to bytes.strip(), not to JSON
+        b"[" + _EVENT + b"]\x0c",
+        b"[]",
+        b" [ ] ",
+        b'{"logs": []}',
+        b'{"logs": [' + _EVENT + b"], total: 1}",  # the page around the items is broken
+        b'{"logs": [' + _EVENT + b'], "logs": 5}',  # a later `logs` wins, as in a dict
+        b'{"logs": [1], "logs": [' + _EVENT + b", 2]}",
+        b'{"l\\u006fgs": [' + _EVENT + b', {"log_id": "\\ud800"}]}',
+        b"[" + _EVENT + b', {"log_id": "x", "s": "\\udc00"}, {"log_id": "y", "s": "\\ud83d\\ude00"}]',
+        b'["\\ud800", 1, 2]',
+        b"[1, 2, 3]\n",
+        b"[1, 2]\n" + _EVENT + b"\n[3]",  # JSON Lines whose first line is an array
+        _EVENT + b"\n" + _EVENT + b"\nnot json\n" + _EVENT.replace(b'"a"', b'"z"'),
+        b"not json\n\n\r\n1\n" + _EVENT + b"\n",
+        b"not json\n\n\r\n1\n",
+        b"1\n2\n",
+        b"\xef\xbb\xbf" + _EVENT + b"\n" + _EVENT,
+        b"[" + _EVENT + b", 1",
+        b'{"log_id": "a", "logs": [1, 2, 3]}',
+    ],
+)
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_parse_parts_reads_a_body_as_parse_body(body: bytes, size: int) -> None:
+    from tests.unit.test_stream_properties import assert_read_in_parts_as_whole
+
+    try:
+        whole: Any = parse_body(body, MAX)
+    except BodyError as exc:
+        whole = str(exc)
+    assert_read_in_parts_as_whole(body, size, whole)

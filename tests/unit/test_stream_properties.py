@@ -1,6 +1,6 @@
 """Property tests of the parser and the normaliser (parse_body, to_rows) on arbitrary bytes and on
 the real fixtures, mutated: they never raise but BodyError, never lose a good event beside a bad one,
-and account for every item."""
+and account for every item; and parse_parts reads every body as parse_body does."""
 
 from __future__ import annotations
 
@@ -8,10 +8,20 @@ from datetime import UTC, datetime
 from random import Random
 
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.auth0.stream import BodyError, ParsedBody, Rejected, _split_items, parse_body, to_event
+from app.auth0.stream import (
+    BodyError,
+    ParsedBody,
+    Rejected,
+    StreamEvent,
+    _split_items,
+    parse_body,
+    parse_parts,
+    to_event,
+)
 from app.db import RawJSON
 from app.ingest import _NUL, MAX_COLUMN_CHARS, MAX_LOG_ID_CHARS, _raw_json, _sqlite_datetime, to_rows
 from tests.strategies import DETERMINISTIC, ITEMS, frame, mixed_body, not_an_object
@@ -30,6 +40,8 @@ def parse_and_normalise(body: bytes) -> tuple[ParsedBody, list[str], list[Reject
         refused = str(exc)
     else:
         refused = ""
+    for size in PART_SIZES:
+        assert_read_in_parts_as_whole(body, size, refused or parsed)
     if refused:
         return None
     assert parsed.events, "a body without a valid event must be refused whole"
@@ -54,6 +66,32 @@ def parse_and_normalise(body: bytes) -> tuple[ParsedBody, list[str], list[Reject
     document = orjson.dumps(rows, default=_raw_json, option=orjson.OPT_PASSTHROUGH_SUBCLASS)
     assert not _NUL.search(document)
     return parsed, [row["log_id"] for row in rows], rejected
+
+
+PART_SIZES = (1, 2, 3, 1000)
+
+
+def assert_read_in_parts_as_whole(body: bytes, size: int, whole: ParsedBody | str) -> None:
+    """parse_parts gives parse_body's events and rejections, in order, in parts of at most `size`
+    lines or items (or in one, for a body read whole); or the same BodyError, before any part."""
+    if isinstance(whole, str):
+        with pytest.raises(BodyError) as refused:
+            next(parse_parts(body, MAX, size))  # before the first part
+        assert str(refused.value) == whole
+        return
+    parts = list(parse_parts(body, MAX, size))
+    assert all(0 < part.received <= size for part in parts) or len(parts) == 1  # or read whole
+    assert {part.framing for part in parts} == {whole.framing}
+    assert [_event(e) for part in parts for e in part.events] == [_event(e) for e in whole.events]
+    assert [_rejected(r) for part in parts for r in part.rejected] == [_rejected(r) for r in whole.rejected]
+
+
+def _event(e: StreamEvent) -> tuple[object, ...]:
+    return (e.log_id, e.data, e.id_generated, e.encoded, e.position, e.raw, e.item)
+
+
+def _rejected(rejected: Rejected) -> tuple[object, ...]:
+    return (rejected.position, rejected.reason, rejected.raw)
 
 
 @DETERMINISTIC

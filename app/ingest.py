@@ -14,7 +14,8 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import insert, text
+from sqlalchemy import text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from app.auth0.catalog import category_of
@@ -42,12 +43,13 @@ class StoreResult:
 
 @dataclass(slots=True)
 class Batch:
-    """What one request (or one poller page) hands to the store."""
+    """What one request, or one part of a large one (or one poller page), hands to the store."""
 
     rows: list[dict[str, Any]]
     rejected: list[Rejected]
     source: str
     received_at: datetime
+    body_sha256: str | None = None  # of the body the rejected lines are from: each is quarantined once
 
 
 def to_rows(
@@ -102,7 +104,7 @@ def store_batches(conn: Connection, batches: Sequence[Batch]) -> list[StoreResul
     # Sorted keys give concurrent writers one lock order, so they never deadlock.
     rows = [unique[key] for key in sorted(unique)]
     stored = insert_events(conn, rows)
-    quarantine(conn, [(b.source, b.received_at, r) for b in batches for r in b.rejected])
+    quarantine(conn, sorted(((b, r) for b in batches for r in b.rejected), key=_line_key))
     if stored:
         enqueue(conn, [unique[log_id] for log_id in sorted(stored)])
 
@@ -204,15 +206,29 @@ def _raw_json(value: object) -> orjson.Fragment:
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
-def quarantine(conn: Connection, items: Sequence[tuple[str, datetime, Rejected]]) -> None:
+def quarantine(conn: Connection, items: Sequence[tuple[Batch, Rejected]]) -> None:
+    """Keep each rejected line, once per body: a line of a body already seen (resent) is not kept again."""
     if items:
+        insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
         conn.execute(
-            insert(QuarantinedLine),
+            insert(QuarantinedLine).on_conflict_do_nothing(index_elements=["body_sha256", "line_no"]),
             [
-                {"source": source, "received_at": at, "line_no": r.position, "reason": r.reason, "raw": r.raw}
-                for source, at, r in items
+                {
+                    "source": batch.source,
+                    "received_at": batch.received_at,
+                    "line_no": r.position,
+                    "reason": r.reason,
+                    "raw": r.raw,
+                    "body_sha256": batch.body_sha256,
+                }
+                for batch, r in items
             ],
         )
+
+
+def _line_key(line: tuple[Batch, Rejected]) -> tuple[str, int]:
+    # A line is kept once per body, so two writers may insert the same lines: in one order, as events.
+    return line[0].body_sha256 or "", line[1].position
 
 
 def _refused(event: StreamEvent, reason: str) -> Rejected:

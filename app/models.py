@@ -113,6 +113,11 @@ class QuarantinedLine(Base):
     line_no: Mapped[int | None] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(Text)
     raw: Mapped[bytes] = mapped_column(LargeBinary)
+    # The SHA-256 of the stream body it came in: with line_no, what makes a body sent again (Auth0
+    # retrying one answered 503 after some of its parts were stored) quarantine each line once.
+    body_sha256: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (Index(None, "body_sha256", "line_no", unique=True),)
 
 
 class Destination(Base):

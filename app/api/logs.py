@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -18,7 +20,8 @@ from starlette.types import Receive, Scope, Send
 from app import metrics
 from app.api.deps import authorize
 from app.api.error_docs import Responses, error
-from app.auth0.stream import BodyError, ParsedBody, Rejected, parse_body
+from app.auth0.stream import BodyError, Framing, Rejected, parse_body, parse_parts
+from app.config import Settings
 from app.context import Context
 from app.errors import (
     AppError,
@@ -28,7 +31,7 @@ from app.errors import (
     UnsupportedMediaType,
     render_error,
 )
-from app.ingest import Batch, to_rows
+from app.ingest import Batch, StoreResult, to_rows
 from app.responses import JSONResponse
 
 log = logging.getLogger(__name__)
@@ -36,8 +39,10 @@ router = APIRouter(tags=["ingest"])
 PATH = "/api/logs"
 
 # Bodies larger than this, and gzip ones, are parsed and made into rows on a thread, so that the event
-# loop keeps serving; a smaller one costs less inline than the hand-over.
-_INLINE_PARSE_BYTES = 256 * 1024
+# loop keeps serving; a smaller one costs less inline than the hand-over. A body larger than this once
+# inflated is also read a part at a time (parse_parts): read whole, a 16 MiB body of small events took
+# over 1 GB. A smaller one costs less read whole, and its objects are few.
+_LARGE_BODY_BYTES = 256 * 1024
 
 _RESPONSES: Responses = {
     200: {
@@ -98,42 +103,96 @@ async def receive_logs(request: Request) -> JSONResponse:
     authorize(context, "ingest", request.headers.get("authorization"))
     settings = context.settings
     body, gzipped = await read_body(request, settings.max_body_bytes)
-    received_at = datetime.now(UTC)
-    prepare = partial(_prepare, body, gzipped, settings.max_body_bytes, settings.max_event_bytes, received_at)
+    tally = _Tally()
+    batches = _batches(body, gzipped, settings, datetime.now(UTC), tally)
     # A gzip body may inflate to MAX_BODY_BYTES whatever its own size.
-    off_loop = gzipped or len(body) > _INLINE_PARSE_BYTES
-    parsed, rows, unstorable = await asyncio.to_thread(prepare) if off_loop else prepare()
-    rejected = parsed.rejected + unstorable
-    try:
-        result = await context.committer.store(Batch(rows, rejected, "stream", received_at))
-    except (SQLAlchemyError, OSError) as exc:
-        raise Unavailable(f"the database did not take the events ({type(exc).__name__}); retry") from None
-    metrics.count_events("stream", result)
+    off_loop = gzipped or len(body) > _LARGE_BODY_BYTES
+    result = StoreResult()
+    # Each batch is committed before the next is made, and the answer waits for them all: a 2xx still
+    # means every event is stored. Should one fail, the sender sends the body again, and what was
+    # stored of it is found again by log id (and its rejected lines by the body's digest).
+    while True:
+        batch = await asyncio.to_thread(next, batches, None) if off_loop else next(batches, None)
+        if batch is None:
+            break
+        try:
+            stored = await context.committer.store(batch)
+        except (SQLAlchemyError, OSError) as exc:
+            raise Unavailable(f"the database did not take the events ({type(exc).__name__}); retry") from None
+        del batch  # its rows go before the next part is read
+        metrics.count_events("stream", stored)
+        result.stored += stored.stored
+        result.duplicates += stored.duplicates
+        result.rejected += stored.rejected
+        off_loop = tally.in_parts  # a body read whole has no work left for a thread
     answer: dict[str, object] = {
-        "received": parsed.received,
+        "received": tally.received,
         "stored": result.stored,
         "duplicates": result.duplicates,
         "rejected": result.rejected,
     }
-    if rejected:
-        where = "line" if parsed.framing == "jsonl" else "item"
+    if rejected := tally.rejected + tally.unstorable:
+        where = "line" if tally.framing == "jsonl" else "item"
         answer["errors"] = [{where: r.position, "reason": r.reason} for r in rejected]
         answer["quarantined"] = len(rejected)
     return JSONResponse(answer)
 
 
-def _prepare(
-    body: bytes, gzipped: bool, max_body_bytes: int, max_event_bytes: int, received_at: datetime
-) -> tuple[ParsedBody, list[dict[str, Any]], list[Rejected]]:
-    """The body parsed, its events as rows, and the events no database can hold."""
+@dataclass(slots=True)
+class _Tally:
+    """What the answer says of a body, counted as its parts are read."""
+
+    in_parts: bool = False  # read a part at a time (parse_parts), rather than whole
+    framing: Framing = "jsonl"
+    received: int = 0
+    rejected: list[Rejected] = field(default_factory=list)  # by the parser, in body order
+    unstorable: list[Rejected] = field(default_factory=list)  # by to_rows: listed after those, as ever
+
+
+def _batches(
+    body: bytes, gzipped: bool, settings: Settings, received_at: datetime, tally: _Tally
+) -> Iterator[Batch]:
+    """The body's batches of at most COMMIT_MAX_ROWS lines or items, each made when asked for: a large
+    body is parsed and made into rows a part at a time, so that the objects of one part only exist at
+    once, and each part is one transaction however large the body. BadRequest before the first batch
+    if nothing in the body is usable."""
     if gzipped:
-        body = _gunzip(body, max_body_bytes)
+        body = _gunzip(body, settings.max_body_bytes)
+    size = settings.commit_max_rows
+    tally.in_parts = len(body) > _LARGE_BODY_BYTES
+    digest: str | None = None
     try:
-        parsed = parse_body(body, max_event_bytes)
+        if tally.in_parts:
+            parts = parse_parts(body, settings.max_event_bytes, size)
+        else:
+            parts = iter([parse_body(body, settings.max_event_bytes)])
+        for part in parts:
+            rows, unstorable = to_rows(part.events, "stream", received_at)
+            tally.framing = part.framing
+            tally.received += part.received
+            tally.rejected += part.rejected
+            tally.unstorable += unstorable
+            rejected = part.rejected + unstorable
+            if rejected and digest is None:
+                digest = hashlib.sha256(body).hexdigest()
+            del part  # before the next part is read
+            if len(rows) + len(rejected) <= size:
+                yield Batch(rows, rejected, "stream", received_at, digest)
+            else:  # a body read whole
+                yield from _cut(rows, rejected, size, received_at, digest)
+            del rows, rejected, unstorable
     except BodyError as exc:
         raise BadRequest(str(exc)) from None
-    rows, unstorable = to_rows(parsed.events, "stream", received_at)
-    return parsed, rows, unstorable
+
+
+def _cut(
+    rows: list[dict[str, Any]], rejected: list[Rejected], size: int, received_at: datetime, digest: str | None
+) -> Iterator[Batch]:
+    """Batches of at most `size` rows and rejected lines, rows first."""
+    for start in range(0, len(rows) + len(rejected), size):
+        end = start + size
+        lines = rejected[max(start - len(rows), 0) : max(end - len(rows), 0)]
+        yield Batch(rows[start:end], lines, "stream", received_at, digest)
 
 
 async def read_body(request: Request, limit: int) -> tuple[bytes, bool]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from sqlalchemy import Row, func, select
+from sqlalchemy import Row, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.models import LogEvent, QuarantinedLine
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, is_postgres
 
 # The real samples that are receiver bodies, with how many events each holds.
 BODY_FIXTURES = {
@@ -78,3 +80,35 @@ async def all_events(engine: AsyncEngine) -> list[Row[Any]]:
 async def quarantined(engine: AsyncEngine) -> list[Row[Any]]:
     async with engine.connect() as conn:
         return list((await conn.execute(select(QuarantinedLine).order_by(QuarantinedLine.id))).all())
+
+
+@contextlib.asynccontextmanager
+async def refusing(engine: AsyncEngine, log_id: str) -> AsyncIterator[None]:
+    """A real database trigger that refuses to store one log id, for the block."""
+    if is_postgres():
+        create = [
+            "CREATE OR REPLACE FUNCTION refuse_poison() RETURNS trigger AS $$ BEGIN "
+            f"IF NEW.log_id = '{log_id}' THEN RAISE EXCEPTION 'poisoned'; END IF; RETURN NEW; END $$ "
+            "LANGUAGE plpgsql",
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON log_events "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
+        ]
+        drop = [
+            "DROP TRIGGER IF EXISTS refuse_poison ON log_events",
+            "DROP FUNCTION IF EXISTS refuse_poison()",
+        ]
+    else:
+        create = [
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON log_events "
+            f"WHEN NEW.log_id = '{log_id}' BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
+        ]
+        drop = ["DROP TRIGGER IF EXISTS refuse_poison"]
+    async with engine.begin() as conn:
+        for statement in create:
+            await conn.execute(text(statement))
+    try:
+        yield
+    finally:
+        async with engine.begin() as conn:
+            for statement in drop:
+                await conn.execute(text(statement))

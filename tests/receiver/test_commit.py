@@ -29,7 +29,7 @@ from app.db import make_sqlite_writer_engine, sqlite_path
 from app.ingest import Batch, StoreResult, to_rows
 from tests.conftest import auth, is_postgres
 from tests.factories import make_event, make_stream_body
-from tests.receiver.support import stored_ids
+from tests.receiver.support import refusing, stored_ids
 
 POISON = "poison-log-id"
 
@@ -37,33 +37,8 @@ POISON = "poison-log-id"
 @pytest.fixture
 async def poisoned(engine: AsyncEngine) -> AsyncIterator[None]:
     """A real database trigger that refuses one log id, for as long as the test runs."""
-    if is_postgres():
-        create = [
-            "CREATE OR REPLACE FUNCTION refuse_poison() RETURNS trigger AS $$ BEGIN "
-            f"IF NEW.log_id = '{POISON}' THEN RAISE EXCEPTION 'poisoned'; END IF; RETURN NEW; END $$ "
-            "LANGUAGE plpgsql",
-            "CREATE TRIGGER refuse_poison BEFORE INSERT ON log_events "
-            "FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
-        ]
-        drop = [
-            "DROP TRIGGER IF EXISTS refuse_poison ON log_events",
-            "DROP FUNCTION IF EXISTS refuse_poison()",
-        ]
-    else:
-        create = [
-            "CREATE TRIGGER refuse_poison BEFORE INSERT ON log_events "
-            f"WHEN NEW.log_id = '{POISON}' BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
-        ]
-        drop = ["DROP TRIGGER IF EXISTS refuse_poison"]
-    async with engine.begin() as conn:
-        for statement in create:
-            await conn.execute(text(statement))
-    try:
+    async with refusing(engine, POISON):
         yield
-    finally:
-        async with engine.begin() as conn:
-            for statement in drop:
-                await conn.execute(text(statement))
 
 
 @pytest.mark.usefixtures("poisoned")

@@ -227,6 +227,7 @@ async def test_a_large_or_gzip_body_is_parsed_off_the_event_loop(
         return record
 
     monkeypatch.setattr(logs, "parse_body", spy("parse", logs.parse_body))
+    monkeypatch.setattr(logs, "parse_parts", spy("parse", logs.parse_parts))  # a body over 256 KiB
     monkeypatch.setattr(logs, "to_rows", spy("rows", logs.to_rows))
     sent = [make_event(description="x" * 600) for _ in range(events)]
     body = make_stream_body(sent, gzipped=gzipped)

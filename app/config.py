@@ -203,7 +203,8 @@ class Settings(BaseSettings):
     # --- receiver --------------------------------------------------------------------------------
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_event_bytes: int = Field(1024 * 1024, ge=256)
-    commit_max_rows: int = Field(5000, ge=1)  # the most rows one group commit takes
+    # The most rows one transaction takes: a group commit, or a part of a larger body.
+    commit_max_rows: int = Field(5000, ge=1)
     # Seconds one group commit may take on PostgreSQL before its requests get a 503 and its connection
     # is closed: a database host that went silent must not hold ingest (see README, PostgreSQL).
     commit_timeout: Seconds = Field(10.0, gt=0, le=300)

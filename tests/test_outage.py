@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -264,6 +265,86 @@ async def test_every_read_is_a_503_while_the_database_cannot_be_reached(
     assert_answered(await read_all(client))
 
 
+@dataclass
+class Serving:
+    """`serve` with its loops (delivery, housekeeping, poller) through the relay, once the events
+    `before` are delivered and purged and the first poll is stored: what the outage tests start from."""
+
+    client: httpx.AsyncClient
+    fake: FakeAuth0
+    before: list[dict[str, Any]]
+    engine: AsyncEngine
+    caplog: pytest.LogCaptureFixture
+
+    async def outbox_empty(self) -> bool:  # delivered, and purged by housekeeping
+        async with self.engine.connect() as conn:
+            return not await conn.scalar(select(func.count()).select_from(OutboxItem))
+
+    async def polled(self, items: list[dict[str, Any]]) -> bool:
+        async with self.engine.connect() as conn:
+            ids = [item["_id"] for item in items]
+            found = await conn.scalar(select(func.count()).where(LogEvent.log_id.in_(ids)))
+        return found == len(ids)
+
+    async def loops_failed(self) -> None:
+        """Each loop has logged its failure: it fails and goes on rather than hang or stop."""
+        for message in ("could not list destinations", "housekeeping failed", "poll pass crashed"):
+
+            async def seen(message: str = message) -> bool:
+                return any(record.getMessage().startswith(message) for record in self.caplog.records)
+
+            await eventually(seen, f"the log line {message!r}")
+
+    async def caught_up(self, late: list[dict[str, Any]]) -> None:
+        await eventually(lambda: self.polled(late), "a poll after the outage")
+        await eventually(self.outbox_empty, "the later events to be delivered and purged")
+
+
+@contextlib.asynccontextmanager
+async def serving_with_workers(
+    database_url: str,
+    receiver: Receiver,
+    make_settings: Callable[..., Settings],
+    start_server: Callable[..., Any],
+    engine: AsyncEngine,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    **settings: Any,
+) -> AsyncIterator[Serving]:
+    caplog.set_level(logging.INFO, logger="app")
+    monkeypatch.setattr(housekeeping, "PURGE_EVERY", 0.05)  # housekeeping runs often enough to see
+    monkeypatch.setattr(stopping, "MAX_FAILURE_PAUSE", 1.0)  # and delivery backs off that far at most
+    management.TOKENS.clear()
+    fake = FakeAuth0()
+    early = make_logs(3)
+    fake.add(early)
+    async with serve(fake.app()) as auth0_url, httpx.AsyncClient(timeout=DEADLINE) as client:
+        live = await start_server(
+            make_settings(
+                database_url=database_url,
+                run_workers=True,
+                forward_url=receiver.url,
+                delivery_poll_interval=0.02,
+                delivery_backoff_base=0.01,
+                delivery_backoff_max=0.05,
+                delivery_keep_delivered=timedelta(0),
+                auth0_domain=auth0_url,
+                auth0_client_id=CLIENT_ID,
+                auth0_client_secret=CLIENT_SECRET,
+                poll_schedule="1s",
+                **settings,
+            )
+        )
+        client.base_url = httpx.URL(live.base_url)
+        serving = Serving(client, fake, [make_event(type="f") for _ in range(3)], engine, caplog)
+        assert (await post(client, serving.before)).status_code == 200
+        await receiver.wait_for(1, within=DEADLINE)
+        await eventually(serving.outbox_empty, "the first events to be delivered and purged")
+        await eventually(lambda: serving.polled(early), "the first poll")
+        caplog.clear()
+        yield serving
+
+
 @pg_only
 async def test_a_database_outage_while_serving_with_workers(
     proxy: DatabaseProxy,
@@ -278,53 +359,10 @@ async def test_a_database_outage_while_serving_with_workers(
     while, then it is back. Ingest and the query API answer 503 meanwhile and 2xx after; /readyz
     follows; the delivery, housekeeping and poller loops fail, log, and work again after; every
     committed failure event is delivered once and none that was refused."""
-    caplog.set_level(logging.INFO, logger="app")
-    monkeypatch.setattr(housekeeping, "PURGE_EVERY", 0.05)  # housekeeping runs often enough to see
-    monkeypatch.setattr(stopping, "MAX_FAILURE_PAUSE", 1.0)  # and delivery backs off that far at most
-    management.TOKENS.clear()
-    fake = FakeAuth0()
-    early = make_logs(3)
-    fake.add(early)
-    async with serve(fake.app()) as auth0_url, httpx.AsyncClient(timeout=30) as client:
-        settings = make_settings(
-            database_url=through(proxy),
-            run_workers=True,
-            forward_url=receiver.url,
-            delivery_poll_interval=0.02,
-            delivery_backoff_base=0.01,
-            delivery_backoff_max=0.05,
-            delivery_keep_delivered=timedelta(0),
-            auth0_domain=auth0_url,
-            auth0_client_id=CLIENT_ID,
-            auth0_client_secret=CLIENT_SECRET,
-            poll_schedule="1s",
-        )
-        live = await start_server(settings)
-        client.base_url = httpx.URL(live.base_url)
-
-        async def outbox_empty() -> bool:  # delivered, and purged by housekeeping
-            async with engine.connect() as conn:
-                return not await conn.scalar(select(func.count()).select_from(OutboxItem))
-
-        async def polled(items: list[dict[str, Any]]) -> bool:
-            async with engine.connect() as conn:
-                ids = [item["_id"] for item in items]
-                found = await conn.scalar(select(func.count()).where(LogEvent.log_id.in_(ids)))
-            return found == len(ids)
-
-        def logged(message: str) -> Callable[[], Awaitable[bool]]:
-            async def seen() -> bool:
-                return any(record.getMessage().startswith(message) for record in caplog.records)
-
-            return seen
-
-        before = [make_event(type="f") for _ in range(3)]
-        assert (await post(client, before)).status_code == 200
-        await receiver.wait_for(1, within=DEADLINE)
-        await eventually(outbox_empty, "the first events to be delivered and purged")
-        await eventually(lambda: polled(early), "the first poll")
-        caplog.clear()
-
+    async with serving_with_workers(
+        through(proxy), receiver, make_settings, start_server, engine, caplog, monkeypatch
+    ) as serving:
+        client, before = serving.client, serving.before
         # The outage: every connection is killed, and no new one can be made.
         await proxy.down()
         async with control_connection() as control:
@@ -336,9 +374,8 @@ async def test_a_database_outage_while_serving_with_workers(
         assert_unavailable(await client.get("/readyz"))
         assert (await client.get("/healthz")).status_code == 200
         late = make_logs(2, first=10)
-        fake.add(late)
-        for message in ("could not list destinations", "housekeeping failed", "poll pass crashed"):
-            await eventually(logged(message), f"the log line {message!r}")
+        serving.fake.add(late)
+        await serving.loops_failed()
 
         # The database is back.
         await proxy.up()
@@ -350,8 +387,7 @@ async def test_a_database_outage_while_serving_with_workers(
         assert_answered(await read_all(client))
         assert (await client.get("/readyz")).status_code == 200
 
-        await eventually(lambda: polled(late), "a poll after the outage")
-        await eventually(outbox_empty, "the later events to be delivered and purged")
+        await serving.caught_up(late)
 
     delivered = [event["log_id"] for event in receiver.events()]
     assert sorted(delivered) == sorted(e["log_id"] for e in before + after)  # each once, none refused

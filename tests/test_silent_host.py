@@ -12,32 +12,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
-from datetime import timedelta
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import httpx
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import db, housekeeping, stopping
-from app.auth0 import management
+from app import db
 from app.config import Settings
-from app.models import LogEvent, OutboxItem
 from tests.conftest import PG_URL, is_postgres
 from tests.database_proxy import DatabaseProxy, through
 from tests.factories import make_event
-from tests.poller.fake_auth0 import CLIENT_ID, CLIENT_SECRET, FakeAuth0, make_logs, serve
+from tests.poller.fake_auth0 import make_logs
 from tests.receiver.support import stored_ids
 from tests.relay.receiver import Receiver
 from tests.test_outage import (
@@ -50,6 +46,7 @@ from tests.test_outage import (
     plain_url,
     post,
     read_all,
+    serving_with_workers,
     terminate_backends,
 )
 
@@ -201,64 +198,19 @@ async def test_serving_while_the_database_host_is_silent(
 
     The timings are shortened (keepalive after 1 s, 2 probes 1 s apart; 3 s for unacknowledged
     data; 2 s to connect); the defaults work the same way, in about a minute."""
-    caplog.set_level(logging.INFO, logger="app")
     for name, seconds in [("KEEPALIVE_IDLE", 1), ("KEEPALIVE_INTERVAL", 1), ("KEEPALIVE_COUNT", 2)]:
         monkeypatch.setattr(db, name, seconds)
     monkeypatch.setattr(db, "USER_TIMEOUT", 3)
     monkeypatch.setattr(db, "CONNECT_TIMEOUT", 2)
-    monkeypatch.setattr(housekeeping, "PURGE_EVERY", 0.05)
-    monkeypatch.setattr(stopping, "MAX_FAILURE_PAUSE", 1.0)
-    management.TOKENS.clear()
-    fake = FakeAuth0()
-    early = make_logs(3)
-    fake.add(early)
-    async with serve(fake.app()) as auth0_url, httpx.AsyncClient(timeout=DEADLINE) as client:
-        settings = make_settings(
-            database_url=through(proxy),
-            run_workers=True,
-            commit_timeout=2.0,
-            forward_url=receiver.url,
-            delivery_poll_interval=0.02,
-            delivery_backoff_base=0.01,
-            delivery_backoff_max=0.05,
-            delivery_keep_delivered=timedelta(0),
-            auth0_domain=auth0_url,
-            auth0_client_id=CLIENT_ID,
-            auth0_client_secret=CLIENT_SECRET,
-            poll_schedule="1s",
-        )
-        live = await start_server(settings)
-        client.base_url = httpx.URL(live.base_url)
-
-        async def outbox_empty() -> bool:  # delivered, and purged by housekeeping
-            async with engine.connect() as conn:
-                return not await conn.scalar(select(func.count()).select_from(OutboxItem))
-
-        async def polled(items: list[dict[str, Any]]) -> bool:
-            async with engine.connect() as conn:
-                ids = [item["_id"] for item in items]
-                found = await conn.scalar(select(func.count()).where(LogEvent.log_id.in_(ids)))
-            return found == len(ids)
-
-        def logged(message: str) -> Callable[[], Awaitable[bool]]:
-            async def seen() -> bool:
-                return any(record.getMessage().startswith(message) for record in caplog.records)
-
-            return seen
-
-        before = [make_event(type="f") for _ in range(3)]
-        assert (await post(client, before)).status_code == 200
-        await receiver.wait_for(1, within=DEADLINE)
-        await eventually(outbox_empty, "the first events to be delivered and purged")
-        await eventually(lambda: polled(early), "the first poll")
-        caplog.clear()
-
+    async with serving_with_workers(
+        through(proxy), receiver, make_settings, start_server, engine, caplog, monkeypatch, commit_timeout=2.0
+    ) as serving:
+        client, before = serving.client, serving.before
         refused = [make_event(type="f") for _ in range(2)]
         late = make_logs(2, first=10)
         with silence(proxy.port):
-            fake.add(late)
-            for message in ("could not list destinations", "housekeeping failed", "poll pass crashed"):
-                await eventually(logged(message), f"the log line {message!r}")
+            serving.fake.add(late)
+            await serving.loops_failed()
             assert_unavailable(await post(client, refused))
             assert_unavailable(await post(client, refused))  # after the first timeout, too
             for response in await read_all(client):
@@ -278,8 +230,7 @@ async def test_serving_while_the_database_host_is_silent(
         assert_answered(await read_all(client))
         assert (await client.get("/readyz")).status_code == 200
 
-        await eventually(lambda: polled(late), "a poll after the outage")
-        await eventually(outbox_empty, "the later events to be delivered and purged")
+        await serving.caught_up(late)
 
     sent = [e["log_id"] for e in before + refused + after]
     assert sorted(event["log_id"] for event in receiver.events()) == sorted(sent)  # each once

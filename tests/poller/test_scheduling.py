@@ -282,6 +282,20 @@ async def test_the_lag_of_a_poller_that_stopped_after_catching_up_grows(
     assert status["lag_warning"]
 
 
+async def assert_ended_cleanly(stopped: dict[str, Any], engine: AsyncEngine) -> None:
+    """A pass that SIGTERM ended: it ran without error, not caught up, its run closed and its lease
+    given back."""
+    assert stopped["ran"]
+    assert stopped["error"] is None
+    assert not stopped["caught_up"]
+    async with engine.connect() as conn:
+        lease = (await conn.execute(select(PollerState.lease_owner, PollerState.lease_until))).one()
+        ended = list(await conn.scalars(select(PollerRun.ended_at)))
+    assert tuple(lease) == (None, None)
+    assert len(ended) == 1
+    assert ended[0] is not None
+
+
 async def test_sigterm_ends_poll_once_cleanly(
     fake: FakeAuth0, poller_settings: Callable[..., Settings], engine: AsyncEngine, tmp_path: Path
 ) -> None:
@@ -293,16 +307,7 @@ async def test_sigterm_ends_poll_once_cleanly(
     process.send_signal(signal.SIGTERM)  # as `timeout` or a systemd stop would
     out, err = await process.communicate()
     assert process.returncode == 0, err
-    stopped = orjson.loads(out)
-    assert stopped["ran"]
-    assert stopped["error"] is None
-    assert not stopped["caught_up"]
-    async with engine.connect() as conn:
-        lease = (await conn.execute(select(PollerState.lease_owner, PollerState.lease_until))).one()
-        ended = list(await conn.scalars(select(PollerRun.ended_at)))
-    assert tuple(lease) == (None, None)
-    assert len(ended) == 1
-    assert ended[0] is not None
+    await assert_ended_cleanly(orjson.loads(out), engine)
     code, out, err = await run_poll_once(settings, tmp_path)  # the next cron run is not locked out
     assert code == 0, err
     assert orjson.loads(out)["stored"] == 5
@@ -343,17 +348,9 @@ async def test_sigterm_ends_a_pass_started_through_the_api_cleanly(
             answer = await running
         await asyncio.wait_for(process.wait(), 60)  # a bound on waiting: it shuts down
     assert answer.status_code == 200, answer.text
-    stopped = answer.json()
-    assert stopped["ran"]
-    assert stopped["error"] is None
-    assert not stopped["caught_up"]
+    await assert_ended_cleanly(answer.json(), engine)
     async with engine.connect() as conn:
-        lease = (await conn.execute(select(PollerState.lease_owner, PollerState.lease_until))).one()
-        ended = list(await conn.scalars(select(PollerRun.ended_at)))
         assert not await is_pass_running(conn)
-    assert tuple(lease) == (None, None)
-    assert len(ended) == 1
-    assert ended[0] is not None
 
 
 async def test_replicas_keep_one_interval_between_them(

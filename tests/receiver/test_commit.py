@@ -185,6 +185,14 @@ def assert_retryable(response: httpx.Response) -> None:
     assert set(response.json()) == {"error", "detail"}
 
 
+async def resend(client: httpx.AsyncClient, refused: list[list[dict[str, object]]]) -> None:
+    """Auth0's retries of the refused bodies: each is stored whole."""
+    for events in refused:
+        retried = await post(client, events)
+        assert retried.status_code == 200, retried.text
+        assert retried.json()["stored"] == len(events)
+
+
 @sqlite_only
 async def test_a_full_disk_is_a_503_and_the_writer_goes_on(
     small_disk: Path, make_settings: Callable[..., Settings], start_server: Callable[..., Any]
@@ -205,10 +213,7 @@ async def test_a_full_disk_is_a_503_and_the_writer_goes_on(
         assert await stored_ids(live.context.engine) == {first[0]["log_id"]}
 
         filler.unlink()
-        for events in refused:  # Auth0's retries
-            retried = await post(client, events)
-            assert retried.status_code == 200, retried.text
-            assert retried.json()["stored"] == len(events)
+        await resend(client, refused)
         every = first + refused[0] + refused[1]
         assert await stored_ids(live.context.engine) == {e["log_id"] for e in every}
 
@@ -241,10 +246,7 @@ async def test_a_lock_held_past_the_busy_timeout_is_a_503_and_the_writer_goes_on
             for response in await asyncio.gather(*(post(client, events) for events in refused)):
                 assert_retryable(response)
         assert await stored_ids(engine) == set()
-        for events in refused:
-            retried = await post(client, events)
-            assert retried.status_code == 200, retried.text
-            assert retried.json()["stored"] == 1
+        await resend(client, refused)
     assert await stored_ids(engine) == {events[0]["log_id"] for events in refused}
 
 
@@ -270,10 +272,7 @@ async def test_a_lock_held_past_the_lock_timeout_is_a_503_and_the_writers_go_on(
         assert failures
         assert all(getattr(getattr(exc, "orig", None), "sqlstate", None) == "55P03" for exc in failures)
         assert await stored_ids(engine) == set()
-        for events in refused:
-            retried = await post(client, events)
-            assert retried.status_code == 200, retried.text
-            assert retried.json()["stored"] == 1
+        await resend(client, refused)
     assert await stored_ids(engine) == {events[0]["log_id"] for events in refused}
 
 

@@ -35,10 +35,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import deliveries, poller_state
+from app import deliveries
 from app.errors import NotFound
 from app.ingest import StoreResult
 from app.models import Destination
+from app.poller import status as poller_status
 from app.retry import Outcome, verdict_of
 
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -145,7 +146,7 @@ async def _database_families(
             for destination in destinations:
                 with contextlib.suppress(NotFound):  # deleted since the list was read: not a failed scrape
                     health.append((destination, await deliveries.destination_health(conn, destination.id)))
-            poller = await poller_state.describe(conn, lag_limit) if poller_enabled else None
+            poller = await poller_status.describe(conn, lag_limit) if poller_enabled else None
     except (SQLAlchemyError, OSError):  # the counters are still worth a scrape
         up.add_metric([], 0)
         return [up]

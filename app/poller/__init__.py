@@ -7,5 +7,6 @@ at a time (lock.hold_pass_lock). Faults end the pass with a logged error and a f
 never end the process.
 
 command (`logrelay poll`) and loop (POLL_SCHEDULE) run poll.poll_once, which takes the lock and runs
-a passes.Pass; state, runs, lease, lock and owners keep the poller's tables, status shows them.
+a passes.Pass, which reads through a fetching.Fetcher; state, runs, lease, lock and owners keep the
+poller's tables, status shows them.
 """

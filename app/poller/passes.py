@@ -1,11 +1,10 @@
-"""One poll pass (Pass): the cursor, the time budget, the pauses, reading page after page from the
-checkpoint and storing each page with the checkpoint that ends it."""
+"""One poll pass (Pass): the cursor, reading page after page from the checkpoint (through a
+Fetcher), and storing each page with the checkpoint that ends it."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,14 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app import metrics
 from app.auth0 import management
-from app.auth0.management import LogsPage, ManagementClient, ManagementError
+from app.auth0.management import ManagementError
 from app.auth0.stream import StreamEvent, to_event
 from app.context import Context
 from app.ingest import Batch, parse_date, store_batches, to_rows
 from app.poller.client import management_client
+from app.poller.fetching import Fetcher
 from app.poller.lag import check_lag
 from app.poller.lease import Lease
-from app.poller.rate_limits import MAX_RATE_WAIT, rate_limit_wait
 from app.poller.result import PassResult, Stopped
 from app.poller.runs import close_abandoned_runs, record_pass, start_run
 from app.poller.state import checkpoint_date, load_state, save_checkpoint
@@ -29,8 +28,6 @@ from app.stopping import Wait
 
 log = logging.getLogger(__name__)
 
-TRANSIENT_RETRIES = 3  # a 5xx or a dropped connection is asked again this often within a pass
-TRANSIENT_DELAY = 0.5  # seconds, doubled per retry
 # A log's id carries the time Auth0 stored it, never before its date; this allows for the two clocks.
 START_MARGIN = timedelta(minutes=1)
 
@@ -44,14 +41,14 @@ class _Cursor:
 
 
 class Pass:
-    """One pass: the cursor, the time budget, the pauses, and the result it fills in."""
+    """One pass: the cursor, which page to read next, storing each, and the result it fills in; its
+    Fetcher keeps the time budget and the pauses."""
 
     def __init__(self, context: Context, lease: Lease, stop: asyncio.Event, wait: Wait) -> None:
         self.context, self.settings, self.lease = context, context.settings, lease
         self.stop, self.wait = stop, wait
         self.result = PassResult(ran=True)
         self.cursor = _Cursor(None, None)
-        self.deadline = 0.0
         self.warned_lost = False  # "logs may have been lost" is said once a pass
 
     async def run(self) -> PassResult:
@@ -71,9 +68,9 @@ class Pass:
             written_at = await checkpoint_date(conn, self.cursor.checkpoint)
         result.start_checkpoint = result.checkpoint = self.cursor.checkpoint
         self._check_retention(written_at)
-        self.deadline = time.monotonic() + settings.poll_max_run_seconds
         try:
-            await self._read_pages(management_client(self.context))
+            fetcher = Fetcher(management_client(self.context), settings, self.stop, self.wait, result)
+            await self._read_pages(fetcher)
         except Stopped as stopped:
             if str(stopped):
                 result.warnings.append(str(stopped))
@@ -110,19 +107,18 @@ class Pass:
             self.result.warnings.append(warning)
         self.warned_lost = self.result.alert = True
 
-    async def _read_pages(self, client: ManagementClient) -> None:
+    async def _read_pages(self, fetcher: Fetcher) -> None:
         cursor = self.cursor
         fell_back = False
         while True:
-            if self.stop.is_set() or time.monotonic() >= self.deadline:
-                raise Stopped("")  # not a warning: the next pass continues from the checkpoint
+            fetcher.check_budget()
             if cursor.checkpoint is None:
-                if not await self._find_start(client):
+                if not await self._find_start(fetcher):
                     self.result.caught_up = True  # Auth0 keeps no logs
                     return
                 continue
             try:
-                page = await self._fetch(client)
+                page = await fetcher.fetch(cursor.checkpoint)
             except management.UnknownCheckpoint as exc:
                 if management.is_date_checkpoint(cursor.checkpoint):
                     await self._start_at_oldest(str(exc))
@@ -143,9 +139,9 @@ class Pass:
                 self.result.caught_up = True
                 return
             await self._save(*_events(page.items))
-            await self._respect_rate_limit(page)
+            await fetcher.respect_rate_limit(page)
 
-    async def _find_start(self, client: ManagementClient) -> bool:
+    async def _find_start(self, fetcher: Fetcher) -> bool:
         """With no checkpoint: store the oldest logs by date, and go on by id from their earliest date
         (less START_MARGIN), as START_FROM's date form does. Their own smallest id would skip a log
         stored before them but dated after them, which has a smaller id than all of them; no log is
@@ -153,7 +149,7 @@ class Pass:
 
         Read again by id, these logs count then; the one at the smallest id counts now if Auth0
         refuses that start and reading goes on from it instead (it is not read again)."""
-        page = await self._fetch(client)
+        page = await fetcher.fetch(self.cursor.checkpoint)
         if not page.items:
             return False
         events, ids = _events(page.items)
@@ -168,7 +164,7 @@ class Pass:
         else:  # ids of another shape, or no dates: as the extensions did
             self.cursor.oldest_id = None
             await self._store(events, min(ids), read=1)
-        await self._respect_rate_limit(page)
+        await fetcher.respect_rate_limit(page)
         return True
 
     async def _start_at_oldest(self, why: str) -> None:
@@ -190,56 +186,6 @@ class Pass:
         )
         oldest_id, cursor.oldest_id = cursor.oldest_id, None
         await self._store([], oldest_id, read=1)  # that log is stored and not read again
-
-    async def _fetch(self, client: ManagementClient) -> LogsPage:
-        """One page; waits out a 429 and asks again after a transient failure, within the budget."""
-        take = min(self.settings.batch_size, management.MAX_TAKE)
-        failures = limited = 0
-        while True:
-            try:
-                return await client.get_logs(self.cursor.checkpoint, take)
-            except management.RateLimited as exc:
-                limited += 1
-                await self._wait_for_rate_limit(rate_limit_wait(exc, limited, time.time()), str(exc))
-                self.result.rate_limit_waits += 1
-            except (management.Unreachable, management.ServerError) as exc:
-                failures += 1
-                delay = TRANSIENT_DELAY * 2 ** (failures - 1)
-                if failures > TRANSIENT_RETRIES or time.monotonic() + delay > self.deadline:
-                    raise
-                log.warning(
-                    "Auth0 request failed; asking again", extra={"reason": str(exc), "attempt": failures}
-                )
-                await self._pause(delay)
-
-    async def _respect_rate_limit(self, page: LogsPage) -> None:
-        """x-ratelimit-remaining 0: wait for x-ratelimit-reset before the next call rather than draw a 429."""
-        if page.rate.remaining is None or page.rate.remaining > 0:
-            return
-        now = time.time()
-        reset_in = (page.rate.reset_at or now + 1) - now
-        await self._wait_for_rate_limit(
-            min(max(reset_in, 0.0) + 0.05, MAX_RATE_WAIT), "x-ratelimit-remaining is 0"
-        )
-        self.result.rate_limit_waits += 1
-
-    async def _wait_for_rate_limit(self, seconds: float, why: str) -> None:
-        if time.monotonic() + seconds > self.deadline:
-            resume_at = datetime.now(UTC) + timedelta(seconds=seconds)
-            self.result.resume_at = resume_at
-            raise Stopped(
-                f"Auth0 Management API rate limit reached ({why}); the next pass starts no earlier "
-                f"than {resume_at.isoformat(timespec='seconds')}"
-            )
-        log.info(
-            "waiting for the Auth0 rate limit to reset", extra={"seconds": round(seconds, 2), "why": why}
-        )
-        await self._pause(seconds)
-
-    async def _pause(self, seconds: float) -> None:
-        await self.wait(self.stop, seconds)
-        if self.stop.is_set():
-            raise Stopped("")
 
     async def _save(self, events: list[StreamEvent], ids: list[str]) -> None:
         """Store one page read by id and move the checkpoint to its end."""

@@ -36,6 +36,9 @@ MIN_EVENT_RETENTION = timedelta(days=1)
 # and the OverflowError stopped every purge of the housekeeping run that computed it.
 MAX_DURATION = timedelta(days=36500)
 _TOO_LONG = "must be at most 100 years (P36500D)"
+# The most MAX_BODY_BYTES (and MAX_EVENT_BYTES) may be, 1 GiB: a body is held in memory, several times
+# over while it is parsed; and past 2**63, zlib's bound on inflating it overflowed (a 500 for gzip).
+MAX_BODY_LIMIT = 1024**3
 
 
 def _seconds(value: object) -> object:
@@ -201,8 +204,8 @@ class Settings(BaseSettings):
     admin_token: CommaSecrets = []
 
     # --- receiver --------------------------------------------------------------------------------
-    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
-    max_event_bytes: int = Field(1024 * 1024, ge=256)
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=MAX_BODY_LIMIT)
+    max_event_bytes: int = Field(1024 * 1024, ge=256, le=MAX_BODY_LIMIT)
     # The most rows one transaction takes: a group commit, or a part of a larger body.
     commit_max_rows: int = Field(5000, ge=1)
     # Seconds one group commit may take on PostgreSQL before its requests get a 503 and its connection
@@ -223,13 +226,15 @@ class Settings(BaseSettings):
     slack_incoming_webhook_url: AnyHttpUrl | None = None
     delivery_timeout: Seconds = Field(10.0, gt=0)
     delivery_max_attempts: int = Field(100, ge=1)
-    delivery_max_age: Duration = timedelta(days=3)
-    delivery_lease: Duration = timedelta(seconds=60)
+    # 0 or less would send every row to dead letter unsent, as soon as it is queued.
+    delivery_max_age: Duration = Field(timedelta(days=3), gt=timedelta(0))
+    delivery_lease: Duration = Field(timedelta(seconds=60), gt=timedelta(0))
     delivery_poll_interval: Seconds = Field(1.0, gt=0)
     # Backoff after a destination fails: base * 2^(n-1) seconds with jitter, capped (relay).
     delivery_backoff_base: Seconds = Field(1.0, gt=0)
     delivery_backoff_max: Seconds = Field(3600.0, gt=0)
-    delivery_keep_delivered: Duration = timedelta(days=7)  # delivered outbox rows are purged after this
+    # Delivered outbox rows are purged after this; 0 purges them at the next run.
+    delivery_keep_delivered: Duration = Field(timedelta(days=7), ge=timedelta(0))
 
     # --- storage ---------------------------------------------------------------------------------
     # Events dated, and quarantined lines received, longer ago than this are purged; None: kept for ever.

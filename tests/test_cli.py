@@ -173,6 +173,10 @@ def test_version(tmp_path: Path) -> None:
         (["migrate"], {"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
         (["migrate"], {"DELIVERY_KEEP_DELIVERED": "P1000000D"}, "DELIVERY_KEEP_DELIVERED"),
         (["migrate"], {"EVENT_RETENTION": "P1000000D"}, "EVENT_RETENTION"),
+        # migrate, not serve: without the check these would start and serve.
+        (["migrate"], {"DELIVERY_MAX_AGE": "0"}, "invalid setting DELIVERY_MAX_AGE: Input should be greater"),
+        (["migrate"], {"DELIVERY_KEEP_DELIVERED": "-P1D"}, "invalid setting DELIVERY_KEEP_DELIVERED"),
+        (["migrate"], {"MAX_BODY_BYTES": str(2**63)}, "invalid setting MAX_BODY_BYTES"),
         (["serve", "--port", "notanumber"], {}, "--port"),
     ],
 )

@@ -179,6 +179,33 @@ def test_dotenv_file(tmp_path: Path) -> None:
         ("POLL_SCHEDULE", "36501d"),
         ("POLL_SCHEDULE", "99999999999d"),  # an OverflowError in parsing, not a ValueError
         ("LOG_RETENTION_DAYS", "1000000"),
+        # Every row would be dead unsent as soon as it is queued, or every delivered row purged at once.
+        ("DELIVERY_MAX_AGE", "0"),
+        ("DELIVERY_MAX_AGE", "PT0S"),
+        ("DELIVERY_MAX_AGE", "-60"),
+        ("DELIVERY_KEEP_DELIVERED", "-1"),
+        ("DELIVERY_KEEP_DELIVERED", "-P1D"),
+        ("DELIVERY_LEASE", "-P1D"),
+        # Past 2**63 bytes, zlib's bound on inflating a gzip body overflowed: a 500 for each.
+        ("MAX_BODY_BYTES", str(2**63)),
+        ("MAX_BODY_BYTES", str(1024**3 + 1)),
+        ("MAX_EVENT_BYTES", str(2**63)),
+        ("MAX_EVENT_BYTES", "255"),
+        ("COMMIT_MAX_ROWS", "0"),
+        ("DELIVERY_MAX_ATTEMPTS", "0"),
+        ("DELIVERY_TIMEOUT", "0"),
+        ("DELIVERY_POLL_INTERVAL", "-1"),
+        ("DELIVERY_BACKOFF_BASE", "0"),
+        ("POLL_MAX_RUN_SECONDS", "0"),
+        ("FORWARD_CONCURRENT_CALLS", "0"),
+        ("WEBHOOK_CONCURRENT_CALLS", "101"),
+        ("FORWARD_BATCH_SIZE", "0"),
+        ("BATCH_SIZE", "1001"),
+        ("LAG_WARN_SHARE", "0"),
+        ("LAG_WARN_SHARE", "nan"),
+        ("DELIVERY_TIMEOUT", "nan"),
+        ("DAILY_REPORT_TIME", "24"),
+        ("LOG_RETENTION_DAYS", "0"),
     ],
 )
 def test_bad_values_name_the_setting(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
@@ -212,7 +239,6 @@ def test_defaults() -> None:
     [
         ("90", timedelta(seconds=90)),
         (" 2.5 ", timedelta(seconds=2.5)),
-        ("0", timedelta(0)),
         ("PT90S", timedelta(seconds=90)),
         ("P3D", timedelta(days=3)),
         (" P3D ", timedelta(days=3)),  # trimmed, as the seconds are
@@ -228,6 +254,13 @@ def test_durations_take_seconds_or_iso_8601(
     assert settings.signing_secret_grace == expected
     monkeypatch.setenv("DELIVERY_LEASE", "120")
     assert make().delivery_lease == timedelta(seconds=120)
+
+
+def test_zero_keeps_no_delivered_row_and_no_replaced_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DELIVERY_KEEP_DELIVERED", "0")
+    monkeypatch.setenv("SIGNING_SECRET_GRACE", "PT0S")
+    settings = make()
+    assert settings.delivery_keep_delivered == settings.signing_secret_grace == timedelta(0)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -96,12 +97,16 @@ def split_commas(value: object) -> object:
     return value
 
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")  # RFC 3986
+
+
 def normalise_database_url(url: str) -> str:
     """Accept `sqlite:///x.db` and `postgresql://...` as people type them; pick the async driver.
     Read here as the engine will read it, so that a typo is one line that names the setting, not a
     traceback at the first connection (nor, for `sqlite://x.db`, a folder named `sqlite+aiosqlite:`)."""
     scheme, sep, rest = url.partition("://")
-    if not sep:
+    # What comes before "://" is quoted back only when it is a scheme: in `user:pw@host://...` it is not.
+    if not sep or not _SCHEME.fullmatch(scheme):
         raise ValueError("must look like sqlite:///path/to.db or postgresql://user@host:5432/db")
     base = scheme.lower().split("+", 1)[0]
     if base == "sqlite":

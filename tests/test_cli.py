@@ -340,6 +340,25 @@ def one_clean_line(result: subprocess.CompletedProcess[str], code: int, *named: 
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("AUTH0_DOMAIN", "https://alice:hunter2-secret@tenant.eu.auth0.com/?token=hunter2-secret"),
+        ("AUTH0_DOMAIN", "https://tenant.eu.auth0.com/hunter2-secret/api/v2"),
+        ("DATABASE_URL", "alice:hunter2-secret@db.internal://logrelay"),
+        ("FORWARD_URL", "https://alice:hunter2-secret@example.com:99999/?key=hunter2-secret"),
+        ("SLACK_INCOMING_WEBHOOK_URL", "hooks.slack.com/services/T0/B0/hunter2-secret"),
+        ("WEBHOOK_URL", "https://example.com:port/hunter2-secret"),
+    ],
+)
+def test_a_refused_url_is_named_without_its_secrets(tmp_path: Path, name: str, value: str) -> None:
+    poller = {"AUTH0_CLIENT_ID": "id", "AUTH0_CLIENT_SECRET": "client-secret"}
+    result = run(["poll", "--once"], tmp_path, clean_env(**poller, **{name: value}))
+    one_clean_line(result, 2, f"invalid setting {name}")
+    assert "hunter2" not in result.stderr
+    assert "alice" not in result.stderr
+
+
 def test_an_unreachable_database_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     env = clean_env(DATABASE_URL=f"postgresql://user:hunter2-secret@127.0.0.1:{free_port()}/db")
     for command in (["migrate"], ["serve"], ["worker"]):

@@ -89,6 +89,8 @@ def test_database_url_forms(given: str, expected: str) -> None:
         "postgresql://u:secret-pw@h/d?sslmode=require",  # libpq's name; asyncpg's is ssl
         "postgresql://u:secret-pw@h/d?application=x",
         "postgresql://u:secret-pw@/d?host=a:5432&host=b",
+        "u:secret-pw@h://d",  # before "://" is no scheme, and was quoted back
+        "postgresql//u:secret-pw@h/d",
     ],
 )
 def test_bad_database_url_names_the_setting(url: str) -> None:

@@ -383,7 +383,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
         if not self.database_url:
-            self.database_url = normalise_database_url(f"sqlite:///{self.data_dir / 'logrelay.db'}")
+            # Built, not formatted: a DATA_DIR holding "%20" or "?" is a path, not URL syntax.
+            url = URL.create("sqlite", database=str(self.data_dir / "logrelay.db"))
+            self.database_url = normalise_database_url(url.render_as_string(hide_password=False))
         return self
 
     @property

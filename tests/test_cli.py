@@ -138,6 +138,25 @@ def test_migrate_on_a_fresh_sqlite_file(tmp_path: Path) -> None:
     assert revision
 
 
+def test_a_data_dir_that_looks_like_url_syntax_holds_the_database(tmp_path: Path) -> None:
+    # The default DATABASE_URL was formatted from DATA_DIR: "%20" was decoded and "?" began a query,
+    # so the database went to "a b" and the lock beside "a%20b", neither in DATA_DIR.
+    data = tmp_path / "a%20b?c#d"
+    env = clean_env(DATA_DIR=str(data), LOG_STREAM_TOKEN="data-dir-token")
+    result = run(["migrate"], tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == [data.name]
+    assert sqlite_count(data / "logrelay.db", "alembic_version") == 1
+    with serve(tmp_path, env) as served:
+        body = make_stream_body([make_event()])
+        response = httpx.post(
+            f"{served.base_url}/api/logs", content=body, headers={"Authorization": "data-dir-token"}
+        )
+        assert response.json()["stored"] == 1, response.text
+    assert sqlite_count(data / "logrelay.db") == 1
+    assert sorted(path.name for path in tmp_path.iterdir() if path.suffix != ".log") == [data.name]
+
+
 def test_processes_migrating_at_once_take_turns(tmp_path: Path) -> None:
     # serve and worker both migrate the embedded SQLite when they start, possibly together.
     env = clean_env()

@@ -193,7 +193,7 @@ class Settings(BaseSettings):
     )
 
     # --- service -----------------------------------------------------------------------------
-    host: str = Field("127.0.0.1", min_length=1)  # "" would bind every interface
+    host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     data_dir: Path = Path("data")
     database_url: str = ""
@@ -269,6 +269,19 @@ class Settings(BaseSettings):
     # "authentication" (raw logs). Unset: AUTH0_API_ENDPOINTS picks the first, LOG_TYPES/LOG_LEVEL the
     # second; with none of them set it must be given, since the two extensions sent different logs.
     webhook_mode: Literal["management", "authentication"] | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _trim(cls, value: object) -> object:
+        # Every value is trimmed, whatever its type: a quoted .env line (KEY=" value ") keeps the spaces.
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not value:  # "" would bind every interface, and " " failed only at bind
+            raise ValueError("must not be empty: give an address such as 127.0.0.1 (0.0.0.0 for all)")
+        return value
 
     @field_validator("poll_schedule")
     @classmethod

@@ -138,6 +138,14 @@ def test_migrate_on_a_fresh_sqlite_file(tmp_path: Path) -> None:
     assert revision
 
 
+def test_values_with_spaces_around_them_are_trimmed(tmp_path: Path) -> None:
+    db = tmp_path / "logrelay.db"
+    (tmp_path / ".env").write_text('RUN_WORKERS=" false "\n')
+    result = run(["migrate"], tmp_path, clean_env(DATABASE_URL=f" sqlite:///{db} "))
+    assert result.returncode == 0, result.stderr
+    assert sqlite_count(db, "alembic_version") == 1
+
+
 def test_a_data_dir_that_looks_like_url_syntax_holds_the_database(tmp_path: Path) -> None:
     # The default DATABASE_URL was formatted from DATA_DIR: "%20" was decoded and "?" began a query,
     # so the database went to "a b" and the lock beside "a%20b", neither in DATA_DIR.
@@ -197,6 +205,10 @@ def test_version(tmp_path: Path) -> None:
         (["migrate"], {"DELIVERY_KEEP_DELIVERED": "-P1D"}, "invalid setting DELIVERY_KEEP_DELIVERED"),
         (["migrate"], {"MAX_BODY_BYTES": str(2**63)}, "invalid setting MAX_BODY_BYTES"),
         (["serve", "--port", "notanumber"], {}, "--port"),
+        # Blank, trimmed to empty: it failed only at bind, as "cannot listen on  :8000".
+        (["serve"], {"HOST": " "}, "invalid setting HOST: must not be empty"),
+        (["serve", "--host", " "], {}, "invalid setting HOST: must not be empty"),
+        (["worker", "--port", "9"], {"HOST": "\t"}, "invalid setting HOST: must not be empty"),
     ],
 )
 def test_bad_setting_exits_naming_it(

@@ -156,9 +156,10 @@ def test_dotenv_file(tmp_path: Path) -> None:
         ("MAX_BODY_BYTES", "big"),
         ("DATABASE_URL", "mysql://x"),
         ("FORWARD_SIGNING_SECRET", "short-secret"),
-        ("FORWARD_AUTHORIZATION", "Bearer sk_live_SECRET "),
+        ("FORWARD_AUTHORIZATION", "Bearer sk_live_SECRET\x7f"),
         ("AUTHORIZATION", "Basic abc\r\nX-Injected: 1"),
         ("HOST", ""),  # "" would bind every interface
+        ("HOST", "  "),  # and blank failed only at bind
         ("LOG_LEVEL", "loud"),
         ("SERVICE_LOG_LEVEL", "verbose"),
         ("DELIVERY_MAX_AGE", "soon"),
@@ -217,6 +218,42 @@ def test_bad_values_name_the_setting(monkeypatch: pytest.MonkeyPatch, name: str,
     assert name.lower() in error_fields(info)
     if "SECRET" in name or "AUTHORIZATION" in name:  # the message names it, never shows it
         assert all(value.strip() not in str(e["msg"]) for e in info.value.errors())
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("HOST", " 0.0.0.0 ", "0.0.0.0"),
+        ("DATABASE_URL", " sqlite:///x.db\n", "sqlite+aiosqlite:///x.db"),
+        ("RUN_WORKERS", " false ", False),
+        ("FORWARD_SEND_AS_BATCH", "\tfalse ", False),
+        ("WEBHOOK_MODE", " management ", "management"),
+        ("DATA_DIR", " /var/lib/logrelay ", Path("/var/lib/logrelay")),
+        ("AUTH0_CLIENT_ID", " client-id ", "client-id"),
+        ("FORWARD_TYPES", " failure , pwd_leak ", ["failure", "pwd_leak"]),
+        ("PORT", " 8001 ", 8001),
+    ],
+)
+def test_every_value_is_trimmed(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: object
+) -> None:
+    """As the README says of settings: a quoted .env line (KEY=" value ") keeps its spaces."""
+    monkeypatch.setenv(name, value)
+    assert getattr(make(), name.lower()) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("FORWARD_AUTHORIZATION", "Bearer abc"),
+        ("AUTH0_CLIENT_SECRET", "client-secret"),
+        ("FORWARD_SIGNING_SECRET", "a-signing-secret-of-32-characters"),
+    ],
+)
+def test_secrets_are_trimmed_too(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, f" {value}\n")
+    secret = getattr(make(), name.lower())
+    assert secret.get_secret_value() == value
 
 
 @pytest.mark.parametrize(("value", "port"), [("9100", 9100), ("", None), (" ", None)])

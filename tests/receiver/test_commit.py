@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import Pool
 
 from app.auth0.stream import Rejected, to_event
-from app.committer import AsyncCommitter, Committer, SQLiteCommitter, _outcomes
+from app.committer import AsyncCommitter, SQLiteCommitter, _outcomes
 from app.config import Settings
 from app.db import make_sqlite_writer_engine, sqlite_path
 from app.ingest import Batch, StoreResult, to_rows
@@ -82,29 +82,6 @@ async def write_lock(engine: AsyncEngine, settings: Settings) -> AsyncIterator[N
             yield
 
 
-async def test_stop_commits_and_answers_every_queued_batch(settings: Settings, engine: AsyncEngine) -> None:
-    """Stopping while a commit is under way and more batches wait: every one is stored and answered."""
-    committer: Committer
-    if settings.is_sqlite:
-        committer = SQLiteCommitter(make_sqlite_writer_engine(settings), max_rows=20)
-    else:
-        committer = AsyncCommitter(engine, max_rows=20, writers=2, timeout=30)
-    committer.start()
-    now = datetime.now(UTC)
-    batches = [to_rows([to_event(make_event()) for _ in range(10)], "stream", now)[0] for _ in range(12)]
-    async with write_lock(engine, settings):  # the writers' first commits wait on it, the rest queue
-        stores = [asyncio.create_task(committer.store(Batch(rows, [], "stream", now))) for rows in batches]
-        stopping = asyncio.create_task(committer.stop())  # asked after every batch is queued
-        await asyncio.sleep(0)  # one turn of the loop: the tasks above queue their batches, in order
-        assert not any(store.done() for store in stores)
-        assert not stopping.done()
-    await asyncio.wait_for(stopping, 30)
-
-    results = await asyncio.wait_for(asyncio.gather(*stores), 10)
-    assert [r.stored for r in results] == [10] * 12
-    assert await stored_ids(engine) == {row["log_id"] for rows in batches for row in rows}
-
-
 class RecordingSQLiteCommitter(SQLiteCommitter):
     """The real committer, noting the rows (events and quarantined lines) of each transaction."""
 
@@ -127,15 +104,41 @@ class RecordingAsyncCommitter(AsyncCommitter):
         return await super()._transaction(batches)
 
 
+def started_committer(
+    settings: Settings, engine: AsyncEngine, max_rows: int = 20
+) -> RecordingSQLiteCommitter | RecordingAsyncCommitter:
+    """The database's own committer, started: SQLite's writer thread, or two PostgreSQL writers."""
+    committer: RecordingSQLiteCommitter | RecordingAsyncCommitter
+    if settings.is_sqlite:
+        committer = RecordingSQLiteCommitter(make_sqlite_writer_engine(settings), max_rows=max_rows)
+    else:
+        committer = RecordingAsyncCommitter(engine, max_rows=max_rows, writers=2, timeout=30)
+    committer.start()
+    return committer
+
+
+async def test_stop_commits_and_answers_every_queued_batch(settings: Settings, engine: AsyncEngine) -> None:
+    """Stopping while a commit is under way and more batches wait: every one is stored and answered."""
+    committer = started_committer(settings, engine)
+    now = datetime.now(UTC)
+    batches = [to_rows([to_event(make_event()) for _ in range(10)], "stream", now)[0] for _ in range(12)]
+    async with write_lock(engine, settings):  # the writers' first commits wait on it, the rest queue
+        stores = [asyncio.create_task(committer.store(Batch(rows, [], "stream", now))) for rows in batches]
+        stopping = asyncio.create_task(committer.stop())  # asked after every batch is queued
+        await asyncio.sleep(0)  # one turn of the loop: the tasks above queue their batches, in order
+        assert not any(store.done() for store in stores)
+        assert not stopping.done()
+    await asyncio.wait_for(stopping, 30)
+
+    results = await asyncio.wait_for(asyncio.gather(*stores), 10)
+    assert [r.stored for r in results] == [10] * 12
+    assert await stored_ids(engine) == {row["log_id"] for rows in batches for row in rows}
+
+
 async def test_a_transaction_takes_at_most_commit_max_rows(settings: Settings, engine: AsyncEngine) -> None:
     """Batches queued behind a commit are grouped in order while they fit in max_rows: one that would
     take a group past it begins the next group, and one larger on its own is a group of its own."""
-    committer: RecordingSQLiteCommitter | RecordingAsyncCommitter
-    if settings.is_sqlite:
-        committer = RecordingSQLiteCommitter(make_sqlite_writer_engine(settings), max_rows=20)
-    else:
-        committer = RecordingAsyncCommitter(engine, max_rows=20, writers=2, timeout=30)
-    committer.start()
+    committer = started_committer(settings, engine)
     now = datetime.now(UTC)
 
     def batch(events: int, rejected: int = 0) -> Batch:

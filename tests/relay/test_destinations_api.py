@@ -297,8 +297,9 @@ async def test_start_up_creates_the_forward_destination(
     [
         ("forward_signing_secret", "short-secret", "at least 16 characters"),
         ("forward_signing_secret", "whsec_short!!-secret", "base64"),
-        ("forward_authorization", "Bearer trailing-secret ", "visible ASCII"),
-        ("authorization", "Basic line-secret\n", "visible ASCII"),
+        # Spaces and line breaks around a value are trimmed, as around every setting; inside, refused.
+        ("forward_authorization", "Bearer tab\tsecret", "visible ASCII"),
+        ("authorization", "Basic line\nbreak-secret", "visible ASCII"),
     ],
 )
 def test_settings_hooks_refuse_a_bad_secret_by_name(setting: str, value: str, message: str) -> None:

@@ -1,10 +1,13 @@
 """Group commit: the one place where ingest transactions begin and end.
 
-Requests hand their batch to a writer and wait. The writer takes every batch queued while the
-previous commit was on disk and stores them in one transaction, so one fsync serves many requests,
-and each request is answered only after the commit that holds its own events. A batch the database
-refuses fails alone: the group is retried batch by batch. A database that is unavailable (locked,
-unreachable) fails the whole group at once: a retry per batch would only wait again, once each.
+Requests hand their batch to a writer and wait. The writer takes the batches queued while the
+previous commit was on disk, in order while they fit in COMMIT_MAX_ROWS rows, and stores them in one
+transaction, so one fsync serves many requests, and each request is answered only after the commit
+that holds its own events. A batch that would take the group past COMMIT_MAX_ROWS begins the next
+group instead (the receiver cuts a larger body into parts of that many, so no batch is larger alone;
+one that were would be a group of its own). A batch the database refuses fails alone: the group is
+retried batch by batch. A database that is unavailable (locked, unreachable) fails the whole group at
+once: a retry per batch would only wait again, once each.
 
 SQLite has one writer at a time, so its committer is one thread with a synchronous connection that
 takes batches straight from a thread-safe queue: through the async driver every statement, and the
@@ -22,6 +25,7 @@ import asyncio
 import logging
 import queue
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Protocol
@@ -74,9 +78,10 @@ class SQLiteCommitter:
 
     def _run(self) -> None:
         stopping = False
-        while not stopping and (first := self._queue.get()) is not None:
-            pending = [first]
-            rows = len(first[0].rows)
+        carried: _Pending | None = None  # taken from the queue, but too large for the last group
+        while not stopping and (first := self._queue.get() if carried is None else carried) is not None:
+            pending, carried = [first], None
+            rows = _size(first)
             while rows < self._max_rows:
                 try:
                     item = self._queue.get_nowait()
@@ -85,8 +90,11 @@ class SQLiteCommitter:
                 if item is None:  # the stop signal: this group is the last
                     stopping = True
                     break
+                if not _fits(rows, item, self._max_rows):
+                    carried = item  # the next group's first
+                    break
                 pending.append(item)
-                rows += len(item[0].rows)
+                rows += _size(item)
             outcomes = _outcomes(self._transaction, [batch for batch, _ in pending])
             for (_, future), outcome in zip(pending, outcomes, strict=True):
                 future.get_loop().call_soon_threadsafe(_settle, future, outcome)
@@ -104,13 +112,16 @@ class AsyncCommitter:
         self._max_rows = max_rows
         self._writers = writers
         self._timeout = timeout
-        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        # A deque rather than an asyncio.Queue: a writer looks at the next batch before it takes it, and
+        # leaves one that does not fit in its group to the next writer free, in its turn.
+        self._queue: deque[_Pending | None] = deque()
+        self._queued = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def store(self, batch: Batch) -> StoreResult:
         """Store one batch durably; returns once the transaction holding it has committed."""
         future: asyncio.Future[StoreResult] = asyncio.get_running_loop().create_future()
-        await self._queue.put((batch, future))
+        await self._put((batch, future))
         return await future
 
     def start(self) -> None:
@@ -119,20 +130,34 @@ class AsyncCommitter:
     async def stop(self) -> None:
         """Commits and answers everything queued, then ends the writers."""
         for _ in self._tasks:
-            await self._queue.put(None)
+            await self._put(None)
         await asyncio.gather(*self._tasks)
         await self._engine.dispose()
 
-    async def _write_loop(self) -> None:
-        while (first := await self._queue.get()) is not None:
+    async def _put(self, item: _Pending | None) -> None:
+        async with self._queued:
+            self._queue.append(item)
+            self._queued.notify()
+
+    async def _next_group(self) -> list[_Pending] | None:
+        """The batches of the next transaction, in order and within max_rows; None: stop."""
+        async with self._queued:
+            await self._queued.wait_for(lambda: bool(self._queue))
+            if (first := self._queue.popleft()) is None:
+                return None
             pending = [first]
-            rows = len(first[0].rows)
-            while rows < self._max_rows and not self._queue.empty():
-                if (item := self._queue.get_nowait()) is None:
-                    self._queue.put_nowait(None)  # another writer's stop signal, or ours: after this
-                    break
+            rows = _size(first)
+            # A stop signal (None) stays queued, behind this group, for a writer to take in its turn.
+            while self._queue and (item := self._queue[0]) is not None and _fits(rows, item, self._max_rows):
                 pending.append(item)
-                rows += len(item[0].rows)
+                rows += _size(item)
+                self._queue.popleft()
+            if self._queue:
+                self._queued.notify()  # what is left is another writer's, should one be waiting
+            return pending
+
+    async def _write_loop(self) -> None:
+        while (pending := await self._next_group()) is not None:
             outcomes = await _outcomes_async(self._transaction, [batch for batch, _ in pending])
             for (_, future), outcome in zip(pending, outcomes, strict=True):
                 _settle(future, outcome)
@@ -195,6 +220,17 @@ async def _outcomes_async(
             _log_failure(exc, batches)
             return [exc] * len(batches)
     return [outcome for batch in batches for outcome in await _outcomes_async(transaction, [batch])]
+
+
+def _size(pending: _Pending) -> int:
+    """The rows a batch adds to a transaction: its events and its quarantined lines."""
+    batch = pending[0]
+    return len(batch.rows) + len(batch.rejected)
+
+
+def _fits(rows: int, pending: _Pending, max_rows: int) -> bool:
+    """Whether a batch may join a group of `rows` rows: a transaction takes at most max_rows."""
+    return rows + _size(pending) <= max_rows
 
 
 def _log_failure(exc: Exception, batches: list[Batch]) -> None:

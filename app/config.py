@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -36,6 +37,9 @@ MIN_EVENT_RETENTION = timedelta(days=1)
 # and the OverflowError stopped every purge of the housekeeping run that computed it.
 MAX_DURATION = timedelta(days=36500)
 _TOO_LONG = "must be at most 100 years (P36500D)"
+# The most MAX_BODY_BYTES (and MAX_EVENT_BYTES) may be, 1 GiB: a body is held in memory, several times
+# over while it is parsed; and past 2**63, zlib's bound on inflating it overflowed (a 500 for gzip).
+MAX_BODY_LIMIT = 1024**3
 
 
 def _seconds(value: object) -> object:
@@ -93,12 +97,16 @@ def split_commas(value: object) -> object:
     return value
 
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")  # RFC 3986
+
+
 def normalise_database_url(url: str) -> str:
     """Accept `sqlite:///x.db` and `postgresql://...` as people type them; pick the async driver.
     Read here as the engine will read it, so that a typo is one line that names the setting, not a
     traceback at the first connection (nor, for `sqlite://x.db`, a folder named `sqlite+aiosqlite:`)."""
     scheme, sep, rest = url.partition("://")
-    if not sep:
+    # What comes before "://" is quoted back only when it is a scheme: in `user:pw@host://...` it is not.
+    if not sep or not _SCHEME.fullmatch(scheme):
         raise ValueError("must look like sqlite:///path/to.db or postgresql://user@host:5432/db")
     base = scheme.lower().split("+", 1)[0]
     if base == "sqlite":
@@ -185,7 +193,7 @@ class Settings(BaseSettings):
     )
 
     # --- service -----------------------------------------------------------------------------
-    host: str = Field("127.0.0.1", min_length=1)  # "" would bind every interface
+    host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     data_dir: Path = Path("data")
     database_url: str = ""
@@ -201,8 +209,8 @@ class Settings(BaseSettings):
     admin_token: CommaSecrets = []
 
     # --- receiver --------------------------------------------------------------------------------
-    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
-    max_event_bytes: int = Field(1024 * 1024, ge=256)
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=MAX_BODY_LIMIT)
+    max_event_bytes: int = Field(1024 * 1024, ge=256, le=MAX_BODY_LIMIT)
     # The most rows one transaction takes: a group commit, or a part of a larger body.
     commit_max_rows: int = Field(5000, ge=1)
     # Seconds one group commit may take on PostgreSQL before its requests get a 503 and its connection
@@ -223,13 +231,15 @@ class Settings(BaseSettings):
     slack_incoming_webhook_url: AnyHttpUrl | None = None
     delivery_timeout: Seconds = Field(10.0, gt=0)
     delivery_max_attempts: int = Field(100, ge=1)
-    delivery_max_age: Duration = timedelta(days=3)
-    delivery_lease: Duration = timedelta(seconds=60)
+    # 0 or less would send every row to dead letter unsent, as soon as it is queued.
+    delivery_max_age: Duration = Field(timedelta(days=3), gt=timedelta(0))
+    delivery_lease: Duration = Field(timedelta(seconds=60), gt=timedelta(0))
     delivery_poll_interval: Seconds = Field(1.0, gt=0)
     # Backoff after a destination fails: base * 2^(n-1) seconds with jitter, capped (relay).
     delivery_backoff_base: Seconds = Field(1.0, gt=0)
     delivery_backoff_max: Seconds = Field(3600.0, gt=0)
-    delivery_keep_delivered: Duration = timedelta(days=7)  # delivered outbox rows are purged after this
+    # Delivered outbox rows are purged after this; 0 purges them at the next run.
+    delivery_keep_delivered: Duration = Field(timedelta(days=7), ge=timedelta(0))
 
     # --- storage ---------------------------------------------------------------------------------
     # Events dated, and quarantined lines received, longer ago than this are purged; None: kept for ever.
@@ -259,6 +269,19 @@ class Settings(BaseSettings):
     # "authentication" (raw logs). Unset: AUTH0_API_ENDPOINTS picks the first, LOG_TYPES/LOG_LEVEL the
     # second; with none of them set it must be given, since the two extensions sent different logs.
     webhook_mode: Literal["management", "authentication"] | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _trim(cls, value: object) -> object:
+        # Every value is trimmed, whatever its type: a quoted .env line (KEY=" value ") keeps the spaces.
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not value:  # "" would bind every interface, and " " failed only at bind
+            raise ValueError("must not be empty: give an address such as 127.0.0.1 (0.0.0.0 for all)")
+        return value
 
     @field_validator("poll_schedule")
     @classmethod
@@ -373,7 +396,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
         if not self.database_url:
-            self.database_url = normalise_database_url(f"sqlite:///{self.data_dir / 'logrelay.db'}")
+            # Built, not formatted: a DATA_DIR holding "%20" or "?" is a path, not URL syntax.
+            url = URL.create("sqlite", database=str(self.data_dir / "logrelay.db"))
+            self.database_url = normalise_database_url(url.render_as_string(hide_password=False))
         return self
 
     @property

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Engine, MetaData, create_engine, event, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -106,10 +107,11 @@ async def _clock(conn: AsyncConnection, function: str) -> datetime:
 
 
 def sqlite_path(settings: Settings) -> Path | None:
-    """The SQLite database file (None on PostgreSQL)."""
+    """The SQLite database file (None on PostgreSQL): the URL's database, as the driver opens it
+    (percent-decoded, without the query)."""
     if not settings.is_sqlite:
         return None
-    path = settings.database_url.split("///", 1)[-1].partition("?")[0]
+    path = make_url(settings.database_url).database
     return Path(path) if path else None
 
 
@@ -239,7 +241,7 @@ def is_unavailable(exc: BaseException) -> bool:
 
 def make_sqlite_writer_engine(settings: Settings) -> Engine:
     """A synchronous engine on the SQLite file, for the group committer's writer thread."""
-    url = settings.database_url.replace("sqlite+aiosqlite://", "sqlite+pysqlite://", 1)
+    url = make_url(settings.database_url).set(drivername="sqlite+pysqlite")
     engine = create_engine(
         url,
         **_ENGINE_OPTIONS,

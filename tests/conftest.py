@@ -25,8 +25,8 @@ from app.main import create_app
 from tests.database_proxy import DatabaseProxy
 from tests.relay.receiver import Receiver
 
-# shared/ lies beside the checkout, here and in CI.
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "auth0" / "fixtures"
+# Copies of the Auth0 samples and of the log type source, kept in the checkout (fixtures/README.md).
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 INGEST_TOKEN = "ingest-token-for-tests"
 READ_TOKEN = "read-token-for-tests"

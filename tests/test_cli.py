@@ -139,6 +139,33 @@ def test_migrate_on_a_fresh_sqlite_file(tmp_path: Path) -> None:
     assert revision
 
 
+def test_values_with_spaces_around_them_are_trimmed(tmp_path: Path) -> None:
+    db = tmp_path / "logrelay.db"
+    (tmp_path / ".env").write_text('RUN_WORKERS=" false "\n')
+    result = run(["migrate"], tmp_path, clean_env(DATABASE_URL=f" sqlite:///{db} "))
+    assert result.returncode == 0, result.stderr
+    assert sqlite_count(db, "alembic_version") == 1
+
+
+def test_a_data_dir_that_looks_like_url_syntax_holds_the_database(tmp_path: Path) -> None:
+    # The default DATABASE_URL was formatted from DATA_DIR: "%20" was decoded and "?" began a query,
+    # so the database went to "a b" and the lock beside "a%20b", neither in DATA_DIR.
+    data = tmp_path / "a%20b?c#d"
+    env = clean_env(DATA_DIR=str(data), LOG_STREAM_TOKEN="data-dir-token")
+    result = run(["migrate"], tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == [data.name]
+    assert sqlite_count(data / "logrelay.db", "alembic_version") == 1
+    with serve(tmp_path, env) as served:
+        body = make_stream_body([make_event()])
+        response = httpx.post(
+            f"{served.base_url}/api/logs", content=body, headers={"Authorization": "data-dir-token"}
+        )
+        assert response.json()["stored"] == 1, response.text
+    assert sqlite_count(data / "logrelay.db") == 1
+    assert sorted(path.name for path in tmp_path.iterdir() if path.suffix != ".log") == [data.name]
+
+
 def test_processes_migrating_at_once_take_turns(tmp_path: Path) -> None:
     # serve and worker both migrate the embedded SQLite when they start, possibly together.
     env = clean_env()
@@ -174,7 +201,15 @@ def test_version(tmp_path: Path) -> None:
         (["migrate"], {"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
         (["migrate"], {"DELIVERY_KEEP_DELIVERED": "P1000000D"}, "DELIVERY_KEEP_DELIVERED"),
         (["migrate"], {"EVENT_RETENTION": "P1000000D"}, "EVENT_RETENTION"),
+        # migrate, not serve: without the check these would start and serve.
+        (["migrate"], {"DELIVERY_MAX_AGE": "0"}, "invalid setting DELIVERY_MAX_AGE: Input should be greater"),
+        (["migrate"], {"DELIVERY_KEEP_DELIVERED": "-P1D"}, "invalid setting DELIVERY_KEEP_DELIVERED"),
+        (["migrate"], {"MAX_BODY_BYTES": str(2**63)}, "invalid setting MAX_BODY_BYTES"),
         (["serve", "--port", "notanumber"], {}, "--port"),
+        # Blank, trimmed to empty: it failed only at bind, as "cannot listen on  :8000".
+        (["serve"], {"HOST": " "}, "invalid setting HOST: must not be empty"),
+        (["serve", "--host", " "], {}, "invalid setting HOST: must not be empty"),
+        (["worker", "--port", "9"], {"HOST": "\t"}, "invalid setting HOST: must not be empty"),
     ],
 )
 def test_bad_setting_exits_naming_it(
@@ -335,6 +370,25 @@ def one_clean_line(result: subprocess.CompletedProcess[str], code: int, *named: 
     assert len(lines) == 1, result.stderr
     assert all(name in lines[0] for name in named), lines[0]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("AUTH0_DOMAIN", "https://alice:hunter2-secret@tenant.eu.auth0.com/?token=hunter2-secret"),
+        ("AUTH0_DOMAIN", "https://tenant.eu.auth0.com/hunter2-secret/api/v2"),
+        ("DATABASE_URL", "alice:hunter2-secret@db.internal://logrelay"),
+        ("FORWARD_URL", "https://alice:hunter2-secret@example.com:99999/?key=hunter2-secret"),
+        ("SLACK_INCOMING_WEBHOOK_URL", "hooks.slack.com/services/T0/B0/hunter2-secret"),
+        ("WEBHOOK_URL", "https://example.com:port/hunter2-secret"),
+    ],
+)
+def test_a_refused_url_is_named_without_its_secrets(tmp_path: Path, name: str, value: str) -> None:
+    poller = {"AUTH0_CLIENT_ID": "id", "AUTH0_CLIENT_SECRET": "client-secret"}
+    result = run(["poll", "--once"], tmp_path, clean_env(**poller, **{name: value}))
+    one_clean_line(result, 2, f"invalid setting {name}")
+    assert "hunter2" not in result.stderr
+    assert "alice" not in result.stderr
 
 
 def test_an_unreachable_database_is_one_line_not_a_traceback(tmp_path: Path) -> None:

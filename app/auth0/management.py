@@ -72,28 +72,31 @@ _HOST = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9]
 
 def normalise_domain(value: str) -> str:
     """AUTH0_DOMAIN as a bare domain (`tenant.eu.auth0.com`, https implied) or a base URL
-    (`http://127.0.0.1:9000`), trimmed and lower-cased; ValueError for a path, a query or another scheme."""
+    (`http://127.0.0.1:9000`), trimmed and lower-cased; ValueError for a path, a query or another scheme.
+    A refused value is shown by its scheme and host alone: its user name, password, path or query may
+    hold a secret."""
     text = value.strip()
     bare = "://" not in text
     parts = urlsplit(f"https://{text}" if bare else text)
+    shown = repr(parts.hostname or "" if bare else f"{parts.scheme}://{parts.hostname or ''}")
     example = "use a domain such as tenant.eu.auth0.com or a base URL such as https://tenant.eu.auth0.com"
     if parts.scheme.lower() not in ("http", "https"):
-        raise ValueError(f"{value!r} is not an http(s) address: {example}")
+        raise ValueError(f"{shown} is not an http(s) address: {example}")
     if parts.path.strip("/"):
-        raise ValueError(f"{value!r} has the path {parts.path!r}: {example}, without /api/v2")
+        raise ValueError(f"{shown} has a path: {example}, without /api/v2")
     if parts.query or parts.fragment or "@" in parts.netloc:
-        raise ValueError(f"{value!r} has a query, a fragment or a user name: {example}")
+        raise ValueError(f"{shown} has a query, a fragment or a user name: {example}")
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"{value!r} has an invalid port: {example}") from None
+        raise ValueError(f"{shown} has an invalid port: {example}") from None
     host = (parts.hostname or "").lower()
     try:
         if ipaddress.ip_address(host).version == 6:
             host = f"[{host}]"
     except ValueError:
         if not _HOST.fullmatch(host):
-            raise ValueError(f"{value!r} has no valid host name: {example}") from None
+            raise ValueError(f"{shown} has no valid host name: {example}") from None
     netloc = host if port is None else f"{host}:{port}"
     return netloc if bare else f"{parts.scheme.lower()}://{netloc}"
 

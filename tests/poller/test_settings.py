@@ -42,8 +42,8 @@ def test_auth0_domain_is_normalised(
 @pytest.mark.parametrize(
     ("given", "problem"),
     [
-        ("https://tenant.eu.auth0.com/api/v2/", "has the path '/api/v2/'"),
-        ("tenant.eu.auth0.com/api/v2", "has the path '/api/v2'"),
+        ("https://tenant.eu.auth0.com/api/v2/", "'https://tenant.eu.auth0.com' has a path"),
+        ("tenant.eu.auth0.com/api/v2", "'tenant.eu.auth0.com' has a path"),
         ("ftp://tenant.eu.auth0.com", "not an http(s) address"),
         ("https://tenant.eu.auth0.com?x=1", "query"),
         ("https://", "no valid host name"),
@@ -56,6 +56,28 @@ def test_a_bad_auth0_domain_is_refused(
     with pytest.raises(ValidationError, match="auth0_domain") as info:
         make_settings(auth0_domain=given, auth0_client_id="a", auth0_client_secret="b")
     assert problem in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "https://alice:hunter2@tenant.eu.auth0.com/?token=sekrit#sekrit",
+        "alice:hunter2@tenant.eu.auth0.com",
+        "ftp://alice:hunter2@tenant.eu.auth0.com/sekrit?token=sekrit",
+        "https://alice:hunter2@tenant.eu.auth0.com/sekrit/api/v2?token=sekrit",
+        "https://alice:hunter2@tenant.eu.auth0.com:99999/?token=sekrit",
+        "https://alice:hunter2@bad_host/?token=sekrit",
+        "https://tenant.eu.auth0.com/sekrit",
+        "http://bad_host/sekrit",
+    ],
+)
+def test_a_refused_auth0_domain_is_shown_without_its_secrets(
+    make_settings: Callable[..., Settings], given: str
+) -> None:
+    with pytest.raises(ValidationError, match="auth0_domain") as info:
+        make_settings(auth0_domain=given, auth0_client_id="a", auth0_client_secret="b")
+    for secret in ("alice", "hunter2", "sekrit"):
+        assert secret not in str(info.value)
 
 
 @pytest.mark.parametrize("given", ["last week", "12345", "9002026112", "900202611231600x"])

@@ -22,8 +22,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import Pool
 
-from app.auth0.stream import to_event
-from app.committer import AsyncCommitter, Committer, SQLiteCommitter, _outcomes
+from app.auth0.stream import Rejected, to_event
+from app.committer import AsyncCommitter, SQLiteCommitter, _outcomes
 from app.config import Settings
 from app.db import make_sqlite_writer_engine, sqlite_path
 from app.ingest import Batch, StoreResult, to_rows
@@ -82,14 +82,44 @@ async def write_lock(engine: AsyncEngine, settings: Settings) -> AsyncIterator[N
             yield
 
 
+class RecordingSQLiteCommitter(SQLiteCommitter):
+    """The real committer, noting the rows (events and quarantined lines) of each transaction."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.transactions: list[int] = []
+
+    def _transaction(self, batches: list[Batch]) -> list[StoreResult]:
+        self.transactions.append(sum(len(b.rows) + len(b.rejected) for b in batches))
+        return super()._transaction(batches)
+
+
+class RecordingAsyncCommitter(AsyncCommitter):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.transactions: list[int] = []
+
+    async def _transaction(self, batches: list[Batch]) -> list[StoreResult]:
+        self.transactions.append(sum(len(b.rows) + len(b.rejected) for b in batches))
+        return await super()._transaction(batches)
+
+
+def started_committer(
+    settings: Settings, engine: AsyncEngine, max_rows: int = 20
+) -> RecordingSQLiteCommitter | RecordingAsyncCommitter:
+    """The database's own committer, started: SQLite's writer thread, or two PostgreSQL writers."""
+    committer: RecordingSQLiteCommitter | RecordingAsyncCommitter
+    if settings.is_sqlite:
+        committer = RecordingSQLiteCommitter(make_sqlite_writer_engine(settings), max_rows=max_rows)
+    else:
+        committer = RecordingAsyncCommitter(engine, max_rows=max_rows, writers=2, timeout=30)
+    committer.start()
+    return committer
+
+
 async def test_stop_commits_and_answers_every_queued_batch(settings: Settings, engine: AsyncEngine) -> None:
     """Stopping while a commit is under way and more batches wait: every one is stored and answered."""
-    committer: Committer
-    if settings.is_sqlite:
-        committer = SQLiteCommitter(make_sqlite_writer_engine(settings), max_rows=20)
-    else:
-        committer = AsyncCommitter(engine, max_rows=20, writers=2, timeout=30)
-    committer.start()
+    committer = started_committer(settings, engine)
     now = datetime.now(UTC)
     batches = [to_rows([to_event(make_event()) for _ in range(10)], "stream", now)[0] for _ in range(12)]
     async with write_lock(engine, settings):  # the writers' first commits wait on it, the rest queue
@@ -103,6 +133,31 @@ async def test_stop_commits_and_answers_every_queued_batch(settings: Settings, e
     results = await asyncio.wait_for(asyncio.gather(*stores), 10)
     assert [r.stored for r in results] == [10] * 12
     assert await stored_ids(engine) == {row["log_id"] for rows in batches for row in rows}
+
+
+async def test_a_transaction_takes_at_most_commit_max_rows(settings: Settings, engine: AsyncEngine) -> None:
+    """Batches queued behind a commit are grouped in order while they fit in max_rows: one that would
+    take a group past it begins the next group, and one larger on its own is a group of its own."""
+    committer = started_committer(settings, engine)
+    now = datetime.now(UTC)
+
+    def batch(events: int, rejected: int = 0) -> Batch:
+        rows = to_rows([to_event(make_event()) for _ in range(events)], "stream", now)[0]
+        return Batch(rows, [Rejected(n, "invalid JSON", b"{") for n in range(rejected)], "stream", now)
+
+    # The last batch's quarantined lines are rows of its transaction too: 8 events and 4 lines are 12.
+    queued = [batch(n) for n in (15, 15, 5, 10, 10, 25, 3, 19, 1, 12)] + [batch(8, rejected=4)]
+    async with write_lock(engine, settings):  # the first commit waits on it; the rest queue behind
+        stores = [asyncio.create_task(committer.store(b)) for b in queued]
+        await asyncio.sleep(0)  # one turn of the loop: the tasks above queue their batches, in order
+        assert not any(store.done() for store in stores)
+    results = await asyncio.wait_for(asyncio.gather(*stores), 30)
+    await committer.stop()
+
+    assert [r.received for r in results] == [15, 15, 5, 10, 10, 25, 3, 19, 1, 12, 12]
+    # 15 | 15+5 | 10+10 | 25 alone | 3 (+19 would be 22) | 19+1 | 12 (+12 would be 24) | 8+4
+    assert committer.transactions == [15, 20, 20, 25, 3, 20, 12, 12]
+    assert await stored_ids(engine) == {row["log_id"] for b in queued for row in b.rows}
 
 
 def test_an_unavailable_database_fails_the_group_at_once() -> None:

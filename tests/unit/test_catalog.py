@@ -1,4 +1,4 @@
-"""The log type catalogue against shared/auth0/log_types.json, the source it was generated from."""
+"""The log type catalogue against log_types.json (a copy of shared/auth0/), the source it was made from."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from app.auth0.catalog import CATEGORIES, LOG_TYPES, category_of, codes_at_level, codes_in, describe
 from tests.conftest import FIXTURES
 
-SOURCE = json.loads((FIXTURES.parent / "log_types.json").read_text())
+SOURCE = json.loads((FIXTURES / "log_types.json").read_text())
 
 LEVEL_4 = {"fcpro", "limit_wc", "limit_mu", "limit_ui", "api_limit", "limit_delegation"}
 LEVEL_2 = {"w", "depnote", "gd_otp_rate_limit_exceed", "gd_recovery_rate_limit_exceed", "fui"}

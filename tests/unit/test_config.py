@@ -89,6 +89,8 @@ def test_database_url_forms(given: str, expected: str) -> None:
         "postgresql://u:secret-pw@h/d?sslmode=require",  # libpq's name; asyncpg's is ssl
         "postgresql://u:secret-pw@h/d?application=x",
         "postgresql://u:secret-pw@/d?host=a:5432&host=b",
+        "u:secret-pw@h://d",  # before "://" is no scheme, and was quoted back
+        "postgresql//u:secret-pw@h/d",
     ],
 )
 def test_bad_database_url_names_the_setting(url: str) -> None:
@@ -154,9 +156,10 @@ def test_dotenv_file(tmp_path: Path) -> None:
         ("MAX_BODY_BYTES", "big"),
         ("DATABASE_URL", "mysql://x"),
         ("FORWARD_SIGNING_SECRET", "short-secret"),
-        ("FORWARD_AUTHORIZATION", "Bearer sk_live_SECRET "),
+        ("FORWARD_AUTHORIZATION", "Bearer sk_live_SECRET\x7f"),
         ("AUTHORIZATION", "Basic abc\r\nX-Injected: 1"),
         ("HOST", ""),  # "" would bind every interface
+        ("HOST", "  "),  # and blank failed only at bind
         ("LOG_LEVEL", "loud"),
         ("SERVICE_LOG_LEVEL", "verbose"),
         ("DELIVERY_MAX_AGE", "soon"),
@@ -179,6 +182,33 @@ def test_dotenv_file(tmp_path: Path) -> None:
         ("POLL_SCHEDULE", "36501d"),
         ("POLL_SCHEDULE", "99999999999d"),  # an OverflowError in parsing, not a ValueError
         ("LOG_RETENTION_DAYS", "1000000"),
+        # Every row would be dead unsent as soon as it is queued, or every delivered row purged at once.
+        ("DELIVERY_MAX_AGE", "0"),
+        ("DELIVERY_MAX_AGE", "PT0S"),
+        ("DELIVERY_MAX_AGE", "-60"),
+        ("DELIVERY_KEEP_DELIVERED", "-1"),
+        ("DELIVERY_KEEP_DELIVERED", "-P1D"),
+        ("DELIVERY_LEASE", "-P1D"),
+        # Past 2**63 bytes, zlib's bound on inflating a gzip body overflowed: a 500 for each.
+        ("MAX_BODY_BYTES", str(2**63)),
+        ("MAX_BODY_BYTES", str(1024**3 + 1)),
+        ("MAX_EVENT_BYTES", str(2**63)),
+        ("MAX_EVENT_BYTES", "255"),
+        ("COMMIT_MAX_ROWS", "0"),
+        ("DELIVERY_MAX_ATTEMPTS", "0"),
+        ("DELIVERY_TIMEOUT", "0"),
+        ("DELIVERY_POLL_INTERVAL", "-1"),
+        ("DELIVERY_BACKOFF_BASE", "0"),
+        ("POLL_MAX_RUN_SECONDS", "0"),
+        ("FORWARD_CONCURRENT_CALLS", "0"),
+        ("WEBHOOK_CONCURRENT_CALLS", "101"),
+        ("FORWARD_BATCH_SIZE", "0"),
+        ("BATCH_SIZE", "1001"),
+        ("LAG_WARN_SHARE", "0"),
+        ("LAG_WARN_SHARE", "nan"),
+        ("DELIVERY_TIMEOUT", "nan"),
+        ("DAILY_REPORT_TIME", "24"),
+        ("LOG_RETENTION_DAYS", "0"),
     ],
 )
 def test_bad_values_name_the_setting(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
@@ -188,6 +218,42 @@ def test_bad_values_name_the_setting(monkeypatch: pytest.MonkeyPatch, name: str,
     assert name.lower() in error_fields(info)
     if "SECRET" in name or "AUTHORIZATION" in name:  # the message names it, never shows it
         assert all(value.strip() not in str(e["msg"]) for e in info.value.errors())
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("HOST", " 0.0.0.0 ", "0.0.0.0"),
+        ("DATABASE_URL", " sqlite:///x.db\n", "sqlite+aiosqlite:///x.db"),
+        ("RUN_WORKERS", " false ", False),
+        ("FORWARD_SEND_AS_BATCH", "\tfalse ", False),
+        ("WEBHOOK_MODE", " management ", "management"),
+        ("DATA_DIR", " /var/lib/logrelay ", Path("/var/lib/logrelay")),
+        ("AUTH0_CLIENT_ID", " client-id ", "client-id"),
+        ("FORWARD_TYPES", " failure , pwd_leak ", ["failure", "pwd_leak"]),
+        ("PORT", " 8001 ", 8001),
+    ],
+)
+def test_every_value_is_trimmed(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: object
+) -> None:
+    """As the README says of settings: a quoted .env line (KEY=" value ") keeps its spaces."""
+    monkeypatch.setenv(name, value)
+    assert getattr(make(), name.lower()) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("FORWARD_AUTHORIZATION", "Bearer abc"),
+        ("AUTH0_CLIENT_SECRET", "client-secret"),
+        ("FORWARD_SIGNING_SECRET", "a-signing-secret-of-32-characters"),
+    ],
+)
+def test_secrets_are_trimmed_too(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, f" {value}\n")
+    secret = getattr(make(), name.lower())
+    assert secret.get_secret_value() == value
 
 
 @pytest.mark.parametrize(("value", "port"), [("9100", 9100), ("", None), (" ", None)])
@@ -212,7 +278,6 @@ def test_defaults() -> None:
     [
         ("90", timedelta(seconds=90)),
         (" 2.5 ", timedelta(seconds=2.5)),
-        ("0", timedelta(0)),
         ("PT90S", timedelta(seconds=90)),
         ("P3D", timedelta(days=3)),
         (" P3D ", timedelta(days=3)),  # trimmed, as the seconds are
@@ -228,6 +293,13 @@ def test_durations_take_seconds_or_iso_8601(
     assert settings.signing_secret_grace == expected
     monkeypatch.setenv("DELIVERY_LEASE", "120")
     assert make().delivery_lease == timedelta(seconds=120)
+
+
+def test_zero_keeps_no_delivered_row_and_no_replaced_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DELIVERY_KEEP_DELIVERED", "0")
+    monkeypatch.setenv("SIGNING_SECRET_GRACE", "PT0S")
+    settings = make()
+    assert settings.delivery_keep_delivered == settings.signing_secret_grace == timedelta(0)
 
 
 @pytest.mark.parametrize(

@@ -140,7 +140,6 @@ def make_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
             **kwargs,
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        event.listen(engine.sync_engine, "checkout", _restore_busy_timeout)
         return engine
     return _postgres_engine(settings, {}, pool_size=10, max_overflow=10, **kwargs)
 
@@ -252,28 +251,13 @@ def make_sqlite_writer_engine(settings: Settings) -> Engine:
     return engine
 
 
-# How long a SQLite connection waits for a lock (busy_timeout), in milliseconds. A limited read
-# (app.query_timeout) shortens it to the time it has left, and marks the connection so.
-BUSY_TIMEOUT_MS = 30_000
-BUSY_TIMEOUT_CHANGED = "busy_timeout_changed"
-
-
-def _restore_busy_timeout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-    # At checkout rather than when the read ends: a read cut short (a cancelled request) may never
-    # run its own clean-up, and the next user, a writer perhaps, must wait the full time again.
-    if record.info.pop(BUSY_TIMEOUT_CHANGED, False):
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        cursor.close()
-
-
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers run beside the writer; synchronous=FULL makes each commit durable before the
     # 2xx; busy_timeout lets `serve --workers N` processes share the file and wait for the write lock.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB: the indexes stay in memory
     # Checkpoints run in the background (app.wal). The commit that takes the WAL past 20,000 pages

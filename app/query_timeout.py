@@ -3,15 +3,17 @@ database. It bounds the reads of the query API, of the admin API (destinations, 
 poller's state) and of /metrics; each `reader` is counted and worded apart.
 
 Giving up on the await instead (asyncio.timeout) would free neither the database nor the pooled
-connection: the statement would run on for nobody. So the read has one deadline, and before each of
-its statements the time left is given to the database: PostgreSQL's `statement_timeout`, set for the
-read's own transaction, which ends with the read and so never reaches ingest, the relay or the poller
-on the same pooled connection; SQLite's busy_timeout, which bounds a wait for a lock (app.db restores
-it when the connection is next checked out). A statement that runs on past the deadline is stopped
-by PostgreSQL itself, and on SQLite by sqlite3_interrupt(), safe to call from the event loop while
-the driver's thread runs the statement; it ends at SQLite's next check, between steps of the
-statement's program. A read opens no SQLite transaction, so none is left half done, and an interrupt
-that comes after the statement has ended does nothing: the check before the next statement stops it.
+connection: the statement would run on for nobody. So a read has one deadline, checked before each of
+its statements: one begun with no time left is not run. PostgreSQL is given the time left as the
+`statement_timeout` of the read's own transaction, which ends with the read and so never reaches
+ingest, the relay or the poller on the same pooled connection, and stops the statement itself.
+SQLite, which has no such setting, is stopped by sqlite3_interrupt() at the deadline, safe to call
+from the event loop while the driver's thread runs the statement; it ends at SQLite's next check,
+between steps of the statement's program. A read opens no SQLite transaction, so none is left half
+done, and an interrupt that comes between statements does nothing: the check before the next one
+stops the read. An SQLite wait for a lock is not cut short (busy_timeout, 30 s), but a reader in WAL
+mode waits for no writer: only for a connection in exclusive locking mode, which cannot begin while
+logrelay holds the file open.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db import BUSY_TIMEOUT_CHANGED
 from app.errors import QueryTimeout
 from app.metrics import QUERY_TIMEOUTS
 
@@ -43,8 +44,7 @@ Reader = Literal["query", "admin", "metrics"]
 # request. db.is_unavailable reads its class, 57, as "the database is unavailable".
 QUERY_CANCELED = "57014"
 _SET_STATEMENT_TIMEOUT = "SELECT set_config('statement_timeout', $1, true)"  # SET LOCAL, bound
-# What SQLite says when a statement was interrupted, or gave up waiting for a lock at busy_timeout.
-_SQLITE_STOPPED = ("interrupted", "database is locked")
+_NAMES: dict[Reader, str] = {"query": "a query API", "admin": "an admin API", "metrics": "a /metrics"}
 # What a client should do about a 504, by reader.
 _ADVICE: dict[Reader, str] = {
     "query": "narrow it: a shorter since/until range, or an exact filter such as user_id, user_name or ip",
@@ -107,18 +107,13 @@ class _Read:
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise self.timed_out()
-        # Whole milliseconds, at least 1: PostgreSQL would take 0 for no limit, SQLite for no wait.
-        ms = max(1, math.ceil(left * 1000))
-        dbapi_connection = conn.connection
-        # A cursor of its own: the statement's may be a server-side one. Its execute runs in the
-        # greenlet of the statement's own, before it.
-        cursor = dbapi_connection.cursor()
+        if not self.postgres:
+            return
+        # A cursor of its own (the statement's may be a server-side one), run in the statement's
+        # greenlet, before it. Whole milliseconds, at least 1: PostgreSQL would take 0 for no limit.
+        cursor = conn.connection.cursor()
         try:
-            if self.postgres:
-                cursor.execute(_SET_STATEMENT_TIMEOUT, (str(ms),))
-            else:
-                dbapi_connection.info[BUSY_TIMEOUT_CHANGED] = True
-                cursor.execute(f"PRAGMA busy_timeout = {ms}")
+            cursor.execute(_SET_STATEMENT_TIMEOUT, (str(max(1, math.ceil(left * 1000))),))
         finally:
             cursor.close()
 
@@ -126,13 +121,13 @@ class _Read:
         """Whether the database stopped the statement for this read's limit."""
         if self.postgres:
             return getattr(exc.orig, "sqlstate", None) == QUERY_CANCELED
-        message = str(exc.orig)
-        # An interrupt is this read's only once its timer has run; a lock wait ends at the time left.
-        return message in _SQLITE_STOPPED and (message != "interrupted" or bool(timer and timer.done()))
+        return str(exc.orig) == "interrupted" and timer is not None and timer.done()
 
     def timed_out(self) -> QueryTimeout:
         QUERY_TIMEOUTS.labels(self.reader).inc()
-        log.warning("a %s read ran past QUERY_TIMEOUT (%g s) and was stopped", self.reader, self.seconds)
+        log.warning(
+            "%s read ran past QUERY_TIMEOUT (%g s) and was stopped", _NAMES[self.reader], self.seconds
+        )
         return QueryTimeout(
             f"the {'query' if self.reader == 'query' else 'read'} ran longer than QUERY_TIMEOUT "
             f"({self.seconds:g} s) and was stopped; {_ADVICE[self.reader]}"

@@ -5,7 +5,9 @@ deliveries, poll passes and purges of the workers `serve` runs. Under `serve --w
 summed over the N processes through prometheus-client's multiprocess mode (`PROMETHEUS_MULTIPROC_DIR`,
 which `serve` sets). The state that alerts should watch, the outbox backlog and its age, each destination's
 failures and the poller's lag, is read from the database at scrape time instead: it is the same on
-every replica and includes the work of separate `worker` and `poll` processes.
+every replica and includes the work of separate `worker` and `poll` processes. That read is one
+limited read (app.query_timeout); when it fails or runs out of time the scrape answers the counters
+alone, with logrelay_database_up 0.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ with logrelay_database_up 0, and the limit holds for a whole read, not for each 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -23,6 +23,7 @@ LIMIT = 0.5
 # Far past LIMIT: a read that is not limited waits this long, then answers 200.
 STALL = 4 * LIMIT
 ADMIN = bearer(ADMIN_TOKEN)
+FORWARD_URL = "http://127.0.0.1:9/in"  # never called: the workers do not run
 # (path, the document's path, the table whose read is stalled)
 ADMIN_READS = [
     ("/api/destinations", "/api/destinations", "destinations"),
@@ -33,26 +34,15 @@ ADMIN_READS = [
 
 
 @pytest.fixture
-def limited_settings(make_settings: Callable[..., Settings]) -> Settings:
-    """One destination (id 1), from the settings, and a small QUERY_TIMEOUT."""
-    return make_settings(query_timeout=LIMIT, forward_url="http://127.0.0.1:9/in")
-
-
-@pytest.fixture
-async def limited(limited_settings: Settings, start_server: Callable[..., Any]) -> LiveServer:
-    server: LiveServer = await start_server(limited_settings)
-    return server
-
-
-@pytest.fixture
-async def client(limited: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=limited.base_url, timeout=60) as client:
-        yield client
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    """conftest's live server and client take these: one destination (id 1), from the settings, and a
+    small QUERY_TIMEOUT."""
+    return make_settings(query_timeout=LIMIT, forward_url=FORWARD_URL)
 
 
 @pytest.mark.parametrize(("path", "documented", "table"), ADMIN_READS, ids=[p for p, _, _ in ADMIN_READS])
 async def test_an_admin_read_past_the_limit_is_answered_504(
-    limited: LiveServer,
+    live: LiveServer,
     engine: AsyncEngine,
     client: httpx.AsyncClient,
     path: str,
@@ -60,7 +50,7 @@ async def test_an_admin_read_past_the_limit_is_answered_504(
     table: str,
 ) -> None:
     before = await read_metrics(client)
-    async with stalled(limited.context.engine, engine, STALL, table) as held:
+    async with stalled(live.context.engine, engine, STALL, table) as held:
         response = await client.get(path, headers=ADMIN)
     assert held == [table]
     assert response.status_code == 504, response.text
@@ -69,7 +59,7 @@ async def test_an_admin_read_past_the_limit_is_answered_504(
     assert body["error"] == "query_timeout"
     assert "longer than QUERY_TIMEOUT (0.5 s)" in body["detail"]
     # The connection it ran on, and every other, serves the next read.
-    for _ in range(limited.context.engine.pool.checkedin() + 1):
+    for _ in range(live.context.engine.pool.checkedin() + 1):
         assert (await client.get(path, headers=ADMIN)).status_code == 200
     after = await read_metrics(client)
     for reader, more in (("admin", 1), ("query", 0), ("metrics", 0)):
@@ -82,13 +72,13 @@ async def test_an_admin_read_past_the_limit_is_answered_504(
 
 
 async def test_a_scrape_past_the_limit_answers_the_counters_and_database_down(
-    limited: LiveServer, engine: AsyncEngine, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+    live: LiveServer, engine: AsyncEngine, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     before = await read_metrics(client)
     stored = await client.post("/api/logs", content=make_stream_body([make_event()]), headers=auth())
     assert stored.status_code == 200, stored.text
     caplog.set_level(logging.WARNING)
-    async with stalled(limited.context.engine, engine, STALL, "destinations") as held:
+    async with stalled(live.context.engine, engine, STALL, "destinations") as held:
         response = await client.get("/metrics", headers=bearer(READ_TOKEN))
     assert held == ["destinations"]
     assert response.status_code == 200, response.text
@@ -131,7 +121,7 @@ async def test_the_limit_holds_for_the_whole_read_not_each_statement(
     """GET /api/destinations/{id} reads the destination, then its outbox rows. Either stalled for 60%
     of the limit alone is answered; both, each within the limit but together past it, are a 504."""
     limit, part = 1.0, 0.6
-    live = await start_server(make_settings(query_timeout=limit, forward_url="http://127.0.0.1:9/in"))
+    live = await start_server(make_settings(query_timeout=limit, forward_url=FORWARD_URL))
     async with httpx.AsyncClient(base_url=live.base_url, timeout=60) as client:
         for table in ("destinations", "outbox_items"):
             async with stalled(live.context.engine, engine, part, table) as held:

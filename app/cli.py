@@ -240,7 +240,7 @@ def poll(once: Annotated[bool, typer.Option("--once", help="Run one pass and exi
         fail("set AUTH0_DOMAIN, AUTH0_CLIENT_ID and AUTH0_CLIENT_SECRET to poll", 2)
     prepare_database(settings)
     prepare_tokens(settings)
-    from app.poller import run_poll_command
+    from app.poller.command import run_poll_command
 
     sys.exit(asyncio.run(run_poll_command(settings, once=once)))
 

@@ -39,10 +39,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app import deliveries, poller_state
+from app import deliveries
 from app.errors import NotFound, QueryTimeout
 from app.ingest import StoreResult
 from app.models import Destination
+from app.poller import status as poller_status
 from app.retry import Outcome, verdict_of
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ async def _database_families(
             for destination in destinations:
                 with contextlib.suppress(NotFound):  # deleted since the list was read: not a failed scrape
                     health.append((destination, await deliveries.destination_health(conn, destination.id)))
-            poller = await poller_state.describe(conn, lag_limit) if poller_enabled else None
+            poller = await poller_status.describe(conn, lag_limit) if poller_enabled else None
     except (SQLAlchemyError, OSError, QueryTimeout) as exc:  # the counters are still worth a scrape
         # By class name only: a driver's message may quote the statement.
         log.warning("a scrape could not read the database (%s): only counters answered", type(exc).__name__)

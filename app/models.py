@@ -201,7 +201,7 @@ class PollerState(Base):
     last_report_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # SQLite has no advisory lock: a pass holds this lease, and every checkpoint write checks it. The
-    # owner is `token:pid:host` (poller_state.new_lease_owner); older releases wrote the token alone.
+    # owner is `token:pid:host` (app.poller.owners.new_lease_owner); older releases wrote the token alone.
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # The Management API token, shared by every process (cron's `poll --once` included) until it is

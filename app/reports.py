@@ -14,9 +14,10 @@ from typing import Any
 
 import httpx
 
-from app import poller_state
 from app.config import Settings
 from app.context import Context
+from app.poller.runs import runs_since
+from app.poller.state import load_state, mark_reported
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +55,11 @@ async def report_pass(context: Context, run: RunReport, *, loud: bool) -> None:
         await send_slack(context.http, url, run_message(run, username, title))
     try:
         async with context.engine.begin() as conn:
-            state = await poller_state.load_state(conn)
+            state = await load_state(conn)
             now = datetime.now(UTC)
             if not daily_report_due(now, settings.daily_report_time, state.last_report_at):
                 return
-            runs = await poller_state.runs_since(conn, now - timedelta(days=1))
+            runs = await runs_since(conn, now - timedelta(days=1))
             summary = DailySummary(
                 sum(r.logs_read for r in runs),
                 sum(1 for r in runs if r.warning),
@@ -66,7 +67,7 @@ async def report_pass(context: Context, run: RunReport, *, loud: bool) -> None:
                 state.checkpoint,
             )
             if await send_slack(context.http, url, daily_message(summary, username, title)):
-                await poller_state.mark_reported(conn, now)
+                await mark_reported(conn, now)
     except Exception:
         log.exception("daily poller report failed")
 

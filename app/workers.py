@@ -14,7 +14,7 @@ from typing import Any
 from app.context import Context
 from app.delivery import run_delivery_loop
 from app.housekeeping import run_housekeeping_loop
-from app.poller import run_poller_loop
+from app.poller.loop import run_poller_loop
 
 log = logging.getLogger(__name__)
 

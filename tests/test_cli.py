@@ -38,10 +38,11 @@ START_DEADLINE = 60.0  # seconds; a start-up that takes longer is a failure, not
 
 
 def clean_env(**values: str) -> dict[str, str]:
-    """The environment without any logrelay setting, plus `values`."""
+    """The environment without any logrelay setting, plus `values`. PORT is a free one, not the
+    default 8000, so that a server already on 8000 (another suite's, say) cannot fail these tests."""
     settings = {name.lower() for name in Settings.model_fields}
     env = {k: v for k, v in os.environ.items() if k.lower() not in settings and not k.startswith("TEST_")}
-    return env | values
+    return env | {"PORT": str(free_port())} | values
 
 
 def free_port() -> int:

@@ -8,10 +8,11 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from app import poller, poller_state
 from app.api.deps import AdminAuth, ContextDep, ReadAuth, StrictQuery, limited_read
 from app.api.error_docs import ADMIN_ERRORS, READ_ERRORS, READ_TIMED_OUT, error
 from app.errors import Conflict, TooManyRequests
+from app.poller.poll import poll_once
+from app.poller.status import describe
 
 router = APIRouter(tags=["poller"])
 
@@ -22,7 +23,7 @@ async def get_poller(context: ContextDep) -> dict[str, Any]:
     """The poller's checkpoint, its last run and how far it trails real time."""
     settings = context.settings
     async with limited_read(context, "admin") as conn:
-        status = await poller_state.describe(conn, settings.poller_lag_limit)
+        status = await describe(conn, settings.poller_lag_limit)
     return {"enabled": bool(settings.auth0_domain), "schedule": settings.poll_schedule, **status}
 
 
@@ -42,7 +43,7 @@ async def run_poller(context: ContextDep) -> dict[str, Any]:
             "the poller is not configured: set AUTH0_DOMAIN, AUTH0_CLIENT_ID and AUTH0_CLIENT_SECRET"
         )
     # The process's shutdown ends it cleanly, as it does the loops' passes.
-    result = await poller.poll_once(context, stop=context.stopping)
+    result = await poll_once(context, stop=context.stopping)
     if result.skipped == "rate_limited" and result.resume_at is not None:
         seconds = max(1, math.ceil((result.resume_at - datetime.now(UTC)).total_seconds()))
         until = result.resume_at.isoformat(timespec="seconds")

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from app import migrate  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.context import open_context  # noqa: E402
-from app.poller import poll_once  # noqa: E402
+from app.poller.poll import poll_once  # noqa: E402
 from tests.poller.fake_auth0 import CLIENT_ID, CLIENT_SECRET, FakeAuth0, make_logs, serve  # noqa: E402
 
 

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.models import LogEvent, PollerState
-from app.poller_state import is_pass_running
+from app.poller.lock import is_pass_running
 from tests.conftest import ADMIN_TOKEN, INGEST_TOKEN, READ_TOKEN
 from tests.poller.fake_auth0 import CLIENT_ID, CLIENT_SECRET
 

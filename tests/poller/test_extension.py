@@ -14,7 +14,7 @@ from app.config import Settings
 from app.delivery import deliver_once
 from app.extension import DESTINATION_NAME, extension_destination_spec
 from app.models import Destination, OutboxItem
-from app.poller import poll_once
+from app.poller.poll import poll_once
 from tests.poller.fake_auth0 import FakeAuth0, Receiver, make_logs, serve
 
 

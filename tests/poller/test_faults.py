@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.models import LogEvent, PollerRun
-from app.poller import poll_once
+from app.poller.poll import poll_once
 from tests.poller.fake_auth0 import CLIENT_SECRET, FakeAuth0, Receiver, make_logs
 from tests.poller.support import checkpoint, failing_write, ids, stored_ids
 

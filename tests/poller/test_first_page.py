@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.models import PollerRun
-from app.poller import poll_once
+from app.poller.poll import poll_once
 from tests.poller.fake_auth0 import FakeAuth0, log_id, make_logs
 from tests.poller.support import ids, stored_ids
 

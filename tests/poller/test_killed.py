@@ -16,11 +16,12 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import poller_state
 from app.config import Settings
 from app.models import PollerRun, PollerState
-from app.poller import poll_once
-from app.poller_state import ensure_state, is_pass_running
+from app.poller import owners
+from app.poller.lock import is_pass_running
+from app.poller.poll import poll_once
+from app.poller.state import ensure_state
 from tests.conftest import is_postgres
 from tests.poller.fake_auth0 import FakeAuth0, make_logs
 from tests.poller.support import start_poll_once, until, until_no_pass_holds_the_lock
@@ -129,7 +130,7 @@ async def lease_to(engine: AsyncEngine, owner: str) -> None:
 async def test_only_a_dead_process_on_this_host_loses_its_lease_early(
     poller_settings: Callable[..., Settings], context_for: Any, engine: AsyncEngine
 ) -> None:
-    dead, host, token = await a_dead_pid(), poller_state.host_id(), uuid.uuid4().hex
+    dead, host, token = await a_dead_pid(), owners.host_id(), uuid.uuid4().hex
     dead_here = f"{token}:{dead}:{host}"
     alive = [
         token,  # the old format, without a pid: alive until it expires

@@ -18,7 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.auth0.management import RateLimited
 from app.config import Settings
 from app.models import PollerRun
-from app.poller import MAX_RATE_WAIT, poll_once, rate_limit_wait, run_poller_loop
+from app.poller.loop import run_poller_loop
+from app.poller.poll import poll_once
+from app.poller.rate_limits import MAX_RATE_WAIT, rate_limit_wait
 from tests.conftest import ADMIN_TOKEN, READ_TOKEN, bearer
 from tests.poller.fake_auth0 import FakeAuth0, make_logs
 from tests.poller.support import Pauses, run_poll_once, stored_ids

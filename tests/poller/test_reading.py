@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.auth0.management import log_id_at
 from app.config import Settings
 from app.models import LogEvent
-from app.poller import poll_once
+from app.poller.poll import poll_once
 from tests.conftest import auth
 from tests.poller.fake_auth0 import FakeAuth0, make_logs
 from tests.poller.support import Pauses, checkpoint, ids, stored_ids

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.config import Settings
-from app.poller import poll_once
+from app.poller.poll import poll_once
 from app.reports import daily_report_due
 from tests.conftest import FIXTURES
 from tests.poller.fake_auth0 import FakeAuth0, Receiver, make_logs

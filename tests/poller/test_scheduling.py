@@ -19,8 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.models import LogEvent, PollerRun, PollerState
-from app.poller import poll_once, run_poll_command, run_poller_loop
-from app.poller_state import ADVISORY_KEY, KEEP_RUNS, is_pass_running
+from app.poller.command import run_poll_command
+from app.poller.lease import ADVISORY_KEY
+from app.poller.lock import is_pass_running
+from app.poller.loop import run_poller_loop
+from app.poller.poll import poll_once
+from app.poller.runs import KEEP_RUNS
 from app.schedule import parse_schedule
 from tests.conftest import ADMIN_TOKEN, READ_TOKEN, bearer, is_postgres
 from tests.poller.fake_auth0 import FakeAuth0, make_logs

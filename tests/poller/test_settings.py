@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.extension import DESTINATION_NAME
 from app.models import Destination
-from app.poller import poll_once
+from app.poller.poll import poll_once
 from tests.poller.fake_auth0 import FakeAuth0, make_logs
 from tests.poller.support import run_poll_once
 

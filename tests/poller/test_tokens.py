@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.auth0.management import renew_margin
 from app.config import Settings
 from app.models import PollerState
-from app.poller import poll_once
+from app.poller.poll import poll_once
 from tests.poller.fake_auth0 import FakeAuth0, make_logs
 from tests.poller.support import failing_write, run_poll_once
 

@@ -5,7 +5,9 @@ deliveries, poll passes and purges of the workers `serve` runs. Under `serve --w
 summed over the N processes through prometheus-client's multiprocess mode (`PROMETHEUS_MULTIPROC_DIR`,
 which `serve` sets). The state that alerts should watch, the outbox backlog and its age, each destination's
 failures and the poller's lag, is read from the database at scrape time instead: it is the same on
-every replica and includes the work of separate `worker` and `poll` processes.
+every replica and includes the work of separate `worker` and `poll` processes. That read is one
+limited read (app.query_timeout); when it fails or runs out of time the scrape answers the counters
+alone, with logrelay_database_up 0.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from typing import Any
 
@@ -33,14 +37,16 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app import deliveries
-from app.errors import NotFound
+from app.errors import NotFound, QueryTimeout
 from app.ingest import StoreResult
 from app.models import Destination
 from app.poller import status as poller_status
 from app.retry import Outcome, verdict_of
+
+log = logging.getLogger(__name__)
 
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -77,8 +83,13 @@ DELIVERY_SECONDS = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 QUERY_TIMEOUTS = Counter(
-    "logrelay_query_timeouts", "Query API reads the database stopped at QUERY_TIMEOUT (a 504 each)."
+    "logrelay_query_timeouts",
+    "Reads the database stopped at QUERY_TIMEOUT, by reader: query and admin (a 504 each), metrics "
+    "(a scrape without the database state).",
+    ["reader"],
 )
+for _reader in ("query", "admin", "metrics"):  # shown at 0 from the start, for rate() and alerts
+    QUERY_TIMEOUTS.labels(_reader)
 PURGED_EVENTS = Counter("logrelay_purged_events", "Events deleted past EVENT_RETENTION.")
 PURGED_QUARANTINED_LINES = Counter(
     "logrelay_purged_quarantined_lines", "Quarantined lines deleted past EVENT_RETENTION."
@@ -118,9 +129,22 @@ def count_delivery(destination_id: int, events: int, outcome: Outcome, seconds: 
     DELIVERY_SECONDS.labels(destination).observe(seconds)
 
 
-async def render(engine: AsyncEngine, poller_enabled: bool, lag_limit: timedelta) -> bytes:
-    """The exposition text: the counters, then the state read from the database now."""
-    families = await _database_families(engine, poller_enabled, lag_limit)
+# The longest a scrape reads the database, below QUERY_TIMEOUT when that is longer: Prometheus gives up
+# on a scrape after its scrape_timeout (10 s by default), and then would not even get the counters.
+SCRAPE_TIME_LIMIT = 5.0
+
+Reading = Callable[[], AbstractAsyncContextManager[AsyncConnection]]
+
+
+def scrape_time_limit(query_timeout: float | None) -> float:
+    """How long a scrape may read the database: QUERY_TIMEOUT, at most SCRAPE_TIME_LIMIT."""
+    return SCRAPE_TIME_LIMIT if query_timeout is None else min(query_timeout, SCRAPE_TIME_LIMIT)
+
+
+async def render(reading: Reading, poller_enabled: bool, lag_limit: timedelta) -> bytes:
+    """The exposition text: the counters, then the state read from the database now, through one
+    limited read (`reading`, app.query_timeout's)."""
+    families = await _database_families(reading, poller_enabled, lag_limit)
     # In multiprocess mode the counters are read from files: off the event loop.
     return await asyncio.to_thread(_exposition, families)
 
@@ -136,18 +160,20 @@ def _exposition(families: list[GaugeMetricFamily]) -> bytes:
 
 
 async def _database_families(
-    engine: AsyncEngine, poller_enabled: bool, lag_limit: timedelta
+    reading: Reading, poller_enabled: bool, lag_limit: timedelta
 ) -> list[GaugeMetricFamily]:
     up = GaugeMetricFamily("logrelay_database_up", "Whether this scrape could read the database.")
     try:
-        async with engine.connect() as conn:
+        async with reading() as conn:
             destinations = (await conn.execute(select(Destination.id, Destination.name))).all()
             health = []
             for destination in destinations:
                 with contextlib.suppress(NotFound):  # deleted since the list was read: not a failed scrape
                     health.append((destination, await deliveries.destination_health(conn, destination.id)))
             poller = await poller_status.describe(conn, lag_limit) if poller_enabled else None
-    except (SQLAlchemyError, OSError):  # the counters are still worth a scrape
+    except (SQLAlchemyError, OSError, QueryTimeout) as exc:  # the counters are still worth a scrape
+        # By class name only: a driver's message may quote the statement.
+        log.warning("a scrape could not read the database (%s): only counters answered", type(exc).__name__)
         up.add_metric([], 0)
         return [up]
     up.add_metric([], 1)

@@ -7,7 +7,6 @@ events that arrive while a client pages never shift what it has yet to read.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -156,14 +155,6 @@ class Counts:
     total: int = 0
 
 
-@asynccontextmanager
-async def reading(engine: AsyncEngine, time_limit: float | None) -> AsyncIterator[AsyncConnection]:
-    """A connection for one read, which the database stops after `time_limit` seconds (QUERY_TIMEOUT,
-    see app.query_timeout). PostgreSQL plans it for its actual values: see app.db."""
-    async with engine.connect() as conn, query_timeout.limit(conn, time_limit):
-        yield conn
-
-
 def escape_like(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
@@ -246,7 +237,7 @@ async def export_lines(
     """
     after: Position | None = None
     while True:
-        async with reading(engine, time_limit) as conn:
+        async with query_timeout.reading(engine, "query", time_limit) as conn:
             statement = page_statement(conn.dialect.name, query, page, after)
             rows: Sequence[Row[Any]] = (await conn.execute(statement)).all()
         if not rows:

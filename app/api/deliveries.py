@@ -7,8 +7,16 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 
 from app import deliveries
-from app.api.deps import MAX_DELIVERY_ID, MAX_DESTINATION_ID, AdminAuth, ContextDep, DeliveryId, StrictQuery
-from app.api.error_docs import ADMIN_ERRORS, error
+from app.api.deps import (
+    MAX_DELIVERY_ID,
+    MAX_DESTINATION_ID,
+    AdminAuth,
+    ContextDep,
+    DeliveryId,
+    StrictQuery,
+    limited_read,
+)
+from app.api.error_docs import ADMIN_ERRORS, READ_TIMED_OUT, error
 
 router = APIRouter(
     prefix="/api/deliveries",
@@ -18,7 +26,7 @@ router = APIRouter(
 )
 
 
-@router.get("")
+@router.get("", responses=READ_TIMED_OUT)
 async def list_deliveries(
     context: ContextDep,
     destination: Annotated[
@@ -31,7 +39,7 @@ async def list_deliveries(
     ] = None,
 ) -> dict[str, Any]:
     """Deliveries newest first: attempts, last status code, last error and next attempt time."""
-    async with context.engine.connect() as conn:
+    async with limited_read(context, "admin") as conn:
         return await deliveries.list_deliveries(
             conn, destination_id=destination, status=status, limit=limit, before=before
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -12,7 +13,9 @@ from fastapi import Depends, Path, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from pydantic import BeforeValidator
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app import query_timeout
 from app.context import Context
 from app.errors import Forbidden, Unauthorized, Unprocessable
 from app.tokens import SCOPES, SETTING_OF, Scope
@@ -25,6 +28,16 @@ async def get_context(request: Request) -> Context:
 
 
 ContextDep = Annotated[Context, Depends(get_context)]
+
+
+def limited_read(
+    context: Context, reader: query_timeout.Reader
+) -> AbstractAsyncContextManager[AsyncConnection]:
+    """A connection for one read of a route, which the database stops at QUERY_TIMEOUT: a 504
+    `query_timeout` (see app.query_timeout). Document it with error_docs' QUERY_TIMED_OUT or
+    READ_TIMED_OUT."""
+    return query_timeout.reading(context.engine, reader, context.settings.query_timeout)
+
 
 # Row ids as the columns hold them (destinations: 32-bit, outbox rows: 64-bit): a larger number is a
 # 422 here, not an overflow in the driver.

@@ -10,8 +10,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 
 from app import deliveries, destinations
-from app.api.deps import AdminAuth, ContextDep, DestinationId, IsoDateTime, StrictQuery, utc_range
-from app.api.error_docs import ADMIN_ERRORS, NO_DESTINATION, TOO_LARGE, Responses, error
+from app.api.deps import (
+    AdminAuth,
+    ContextDep,
+    DestinationId,
+    IsoDateTime,
+    StrictQuery,
+    limited_read,
+    utc_range,
+)
+from app.api.error_docs import ADMIN_ERRORS, NO_DESTINATION, READ_TIMED_OUT, TOO_LARGE, Responses, error
 from app.destinations import DestinationCreate, DestinationPatch
 
 router = APIRouter(
@@ -23,10 +31,10 @@ router = APIRouter(
 NAME_TAKEN: Responses = {409: error("A destination with this name exists.")}
 
 
-@router.get("")
+@router.get("", responses=READ_TIMED_OUT)
 async def list_destinations(context: ContextDep) -> list[dict[str, Any]]:
     """List destinations (without their secrets)."""
-    async with context.engine.connect() as conn:
+    async with limited_read(context, "admin") as conn:
         return await destinations.list_destinations(conn)
 
 
@@ -38,11 +46,11 @@ async def create_destination(fields: DestinationCreate, context: ContextDep) -> 
         return await destinations.get_destination(conn, destination_id)
 
 
-@router.get("/{destination_id}", responses=NO_DESTINATION)
+@router.get("/{destination_id}", responses={**NO_DESTINATION, **READ_TIMED_OUT})
 async def get_destination(destination_id: DestinationId, context: ContextDep) -> dict[str, Any]:
     """A destination and its health: last success and failure, backlog, oldest pending age, and its
     pending, failed and dead rows (delivered rows are not counted: list them with /api/deliveries)."""
-    async with context.engine.connect() as conn:
+    async with limited_read(context, "admin") as conn:
         destination = await destinations.get_destination(conn, destination_id)
         destination["health"] = await deliveries.destination_health(conn, destination_id)
         return destination

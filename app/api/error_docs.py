@@ -41,3 +41,17 @@ ADMIN_ERRORS: Responses = {
 }
 NO_DESTINATION: Responses = {404: error("No destination with this id.")}
 TOO_LARGE: Responses = {413: error("The request body is larger than 1 MiB.")}
+# A read stopped at QUERY_TIMEOUT (app.query_timeout): the query API's, which a narrower query avoids,
+# and the admin API's, which a stalled database or a lock held too long causes.
+QUERY_TIMED_OUT: Responses = {
+    504: error(
+        "The query ran longer than QUERY_TIMEOUT and was stopped: narrow it with a shorter since/until "
+        "range or an exact filter (user_id, user_name, ip); the same query would likely run as long again."
+    )
+}
+READ_TIMED_OUT: Responses = {
+    504: error(
+        "The database did not answer within QUERY_TIMEOUT (it is slow, or a lock holds these rows) and "
+        "the read was stopped; retry later."
+    )
+}

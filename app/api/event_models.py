@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.error_docs import READ_ERRORS, Responses, error
+from app.api.error_docs import QUERY_TIMED_OUT, READ_ERRORS, Responses, error
 from app.auth0.catalog import Category
 
 _EVENT_EXAMPLE: dict[str, Any] = {
@@ -97,8 +97,5 @@ NOT_FOUND: Responses = {404: error("No such event.")}
 ERRORS: Responses = {
     400: error("A malformed parameter, such as a cursor not issued by this API."),
     **READ_ERRORS,
-    504: error(
-        "The query ran longer than QUERY_TIMEOUT and was stopped: narrow it with a shorter since/until "
-        "range or an exact filter (user_id, user_name, ip); the same query would likely run as long again."
-    ),
+    **QUERY_TIMED_OUT,
 }

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import ContextDep, IsoDateTime, ReadAuth, StrictQuery, utc_range
+from app.api.deps import ContextDep, IsoDateTime, ReadAuth, StrictQuery, limited_read, utc_range
 from app.api.event_models import ERRORS, NOT_FOUND, Event, EventPage, Stats
 from app.auth0.catalog import Category
 from app.cursor import MAX_CURSOR_LENGTH, decode_cursor, encode_cursor
@@ -23,7 +23,6 @@ from app.query import (
     get_event,
     iso_z,
     list_events,
-    reading,
 )
 from app.responses import JSONResponse
 
@@ -121,7 +120,7 @@ async def list_events_route(
 ) -> JSONResponse:
     """Stored events, newest first, filtered and paged by cursor."""
     after = decode_cursor(cursor) if cursor else None
-    async with reading(context.engine, context.settings.query_timeout) as conn:
+    async with limited_read(context, "query") as conn:
         page = await list_events(conn, query, limit, after)
     next_cursor = encode_cursor(page.next) if page.next else None
     return JSONResponse({"events": page.events, "next_cursor": next_cursor})
@@ -166,7 +165,7 @@ async def get_event_route(
     """One stored event by its log id."""
     if "\x00" in log_id:  # no stored id holds one, and PostgreSQL refuses it in a query
         raise NotFound(f"no event with log_id {log_id!r}")
-    async with reading(context.engine, context.settings.query_timeout) as conn:
+    async with limited_read(context, "query") as conn:
         event = await get_event(conn, log_id)
     if event is None:
         raise NotFound(f"no event with log_id {log_id!r}")
@@ -193,7 +192,7 @@ async def stats_route(
     if (until - since) / width > MAX_BUCKETS:
         raise _invalid("since", f"the range holds more than {MAX_BUCKETS} {interval} buckets")
     bounded = replace(query, since=since, until=until)
-    async with reading(context.engine, context.settings.query_timeout) as conn:
+    async with limited_read(context, "query") as conn:
         counts = await count_events(conn, bounded, interval)
     buckets = [
         {"start": start, "total": sum(c["by_type"].values()), **c} for start, c in counts.buckets.items()

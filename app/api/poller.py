@@ -8,8 +8,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from app.api.deps import AdminAuth, ContextDep, ReadAuth, StrictQuery
-from app.api.error_docs import ADMIN_ERRORS, READ_ERRORS, error
+from app.api.deps import AdminAuth, ContextDep, ReadAuth, StrictQuery, limited_read
+from app.api.error_docs import ADMIN_ERRORS, READ_ERRORS, READ_TIMED_OUT, error
 from app.errors import Conflict, TooManyRequests
 from app.poller.poll import poll_once
 from app.poller.status import describe
@@ -18,11 +18,11 @@ router = APIRouter(tags=["poller"])
 
 
 # The token first, then the query: an anonymous request learns nothing of the parameters.
-@router.get("/api/poller", dependencies=[ReadAuth, StrictQuery], responses=READ_ERRORS)
+@router.get("/api/poller", dependencies=[ReadAuth, StrictQuery], responses={**READ_ERRORS, **READ_TIMED_OUT})
 async def get_poller(context: ContextDep) -> dict[str, Any]:
     """The poller's checkpoint, its last run and how far it trails real time."""
     settings = context.settings
-    async with context.engine.connect() as conn:
+    async with limited_read(context, "admin") as conn:
         status = await describe(conn, settings.poller_lag_limit)
     return {"enabled": bool(settings.auth0_domain), "schedule": settings.poll_schedule, **status}
 

@@ -109,6 +109,7 @@ def _row(
         "created_at": created,
         "next_attempt_at": due or created,
         "lease_until": None,
+        "lease_calls": None,
         "last_attempt_at": tried,
         "delivered_at": tried if status == "delivered" else None,
         "last_status_code": code,

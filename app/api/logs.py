@@ -46,7 +46,8 @@ _LARGE_BODY_BYTES = 256 * 1024
 
 _RESPONSES: Responses = {
     200: {
-        "description": "Every event is committed. Bad lines or items are listed and quarantined.",
+        "description": "Every event is committed. Bad lines or items are counted and quarantined, "
+        "and the first 100 listed (`errors_omitted`: how many more).",
         "content": {
             "application/json": {
                 "example": {
@@ -107,7 +108,7 @@ async def receive_logs(request: Request) -> JSONResponse:
     batches = _batches(body, gzipped, settings, datetime.now(UTC), tally)
     # A gzip body may inflate to MAX_BODY_BYTES whatever its own size.
     off_loop = gzipped or len(body) > _LARGE_BODY_BYTES
-    result = StoreResult()
+    stored = duplicates = 0
     # Each batch is committed before the next is made, and the answer waits for them all: a 2xx still
     # means every event is stored. Should one fail, the sender sends the body again, and what was
     # stored of it is found again by log id (and its rejected lines by the body's digest).
@@ -116,37 +117,59 @@ async def receive_logs(request: Request) -> JSONResponse:
         if batch is None:
             break
         try:
-            stored = await context.committer.store(batch)
+            result = await context.committer.store(batch)
         except (SQLAlchemyError, OSError) as exc:
             raise Unavailable(f"the database did not take the events ({type(exc).__name__}); retry") from None
         del batch  # its rows go before the next part is read
-        metrics.count_events("stream", stored)
-        result.stored += stored.stored
-        result.duplicates += stored.duplicates
-        result.rejected += stored.rejected
+        metrics.count_events("stream", StoreResult(stored=result.stored, duplicates=result.duplicates))
+        stored += result.stored
+        duplicates += result.duplicates
         off_loop = tally.in_parts  # a body read whole has no work left for a thread
+    metrics.count_events("stream", StoreResult(rejected=tally.rejected))
     answer: dict[str, object] = {
         "received": tally.received,
-        "stored": result.stored,
-        "duplicates": result.duplicates,
-        "rejected": result.rejected,
+        "stored": stored,
+        "duplicates": duplicates,
+        "rejected": tally.rejected,
     }
-    if rejected := tally.rejected + tally.unstorable:
-        where = "line" if tally.framing == "jsonl" else "item"
-        answer["errors"] = [{where: r.position, "reason": r.reason} for r in rejected]
-        answer["quarantined"] = len(rejected)
+    if tally.rejected:
+        answer["errors"] = errors = tally.errors()
+        answer["quarantined"] = tally.rejected
+        if omitted := tally.rejected - len(errors):
+            answer["errors_omitted"] = omitted
     return JSONResponse(answer)
+
+
+# The answer lists at most this many rejected lines or items; `rejected` counts them all.
+LISTED_ERRORS = 100
+# A body's first this many rejected lines or items are quarantined one by one; should it have more, the
+# body itself is quarantined too, once and whole, under line -1: the rest are kept in it as sent.
+QUARANTINED_LINES = 1000
+_Error = tuple[int, str]  # a rejected line's position and reason
 
 
 @dataclass(slots=True)
 class _Tally:
-    """What the answer says of a body, counted as its parts are read."""
+    """What the answer says of a body, counted as its parts are read. Of its rejected lines, only the
+    first few positions and reasons are kept: 2 MiB of bad lines made an answer of 100 MB."""
 
     in_parts: bool = False  # read a part at a time (parse_parts), rather than whole
     framing: Framing = "jsonl"
     received: int = 0
-    rejected: list[Rejected] = field(default_factory=list)  # by the parser, in body order
-    unstorable: list[Rejected] = field(default_factory=list)  # by to_rows: listed after those, as ever
+    rejected: int = 0  # lines or items, by the parser and by to_rows
+    by_parser: list[_Error] = field(default_factory=list)  # its first ones, in body order
+    by_store: list[_Error] = field(default_factory=list)  # to_rows': listed after those, as ever
+
+    def count(self, by_parser: list[Rejected], by_store: list[Rejected]) -> None:
+        self.rejected += len(by_parser) + len(by_store)
+        for listed, rejected in ((self.by_parser, by_parser), (self.by_store, by_store)):
+            room = max(LISTED_ERRORS - len(listed), 0)
+            listed.extend((r.position, r.reason) for r in rejected[:room])
+
+    def errors(self) -> list[dict[str, object]]:
+        where = "line" if self.framing == "jsonl" else "item"
+        listed = (self.by_parser + self.by_store)[:LISTED_ERRORS]
+        return [{where: position, "reason": reason} for position, reason in listed]
 
 
 def _batches(
@@ -170,19 +193,35 @@ def _batches(
             rows, unstorable = to_rows(part.events, "stream", received_at)
             tally.framing = part.framing
             tally.received += part.received
-            tally.rejected += part.rejected
-            tally.unstorable += unstorable
-            rejected = part.rejected + unstorable
-            if rejected and digest is None:
+            before = tally.rejected
+            tally.count(part.rejected, unstorable)
+            kept = _quarantined(part.rejected + unstorable, before, body, tally.framing)
+            if kept and digest is None:
                 digest = hashlib.sha256(body).hexdigest()
-            del part  # before the next part is read
-            if len(rows) + len(rejected) <= size:
-                yield Batch(rows, rejected, "stream", received_at, digest)
+            del part, unstorable  # before the next part is read
+            if len(rows) + len(kept) <= size:
+                if rows or kept:
+                    yield Batch(rows, kept, "stream", received_at, digest)
             else:  # a body read whole
-                yield from _cut(rows, rejected, size, received_at, digest)
-            del rows, rejected, unstorable
+                yield from _cut(rows, kept, size, received_at, digest)
+            del rows, kept
     except BodyError as exc:
         raise BadRequest(str(exc)) from None
+
+
+def _quarantined(rejected: list[Rejected], before: int, body: bytes, framing: Framing) -> list[Rejected]:
+    """What to quarantine of `rejected`, which come after `before` others of the body: those within
+    its first QUARANTINED_LINES, and with the first past them, the body whole."""
+    kept = rejected[: max(QUARANTINED_LINES - before, 0)]
+    if before <= QUARANTINED_LINES < before + len(rejected):
+        where = "line" if framing == "jsonl" else "item"
+        first = rejected[len(kept)].position
+        reason = (
+            f"the body as received: over {QUARANTINED_LINES} of its {where}s are rejected, and those "
+            f"past them ({where} {first} the first) are quarantined only here"
+        )
+        kept.append(Rejected(-1, reason, body))
+    return kept
 
 
 def _cut(

@@ -114,7 +114,7 @@ def parse_parts(body: bytes, max_event_bytes: int, size: int) -> Iterator[Parsed
     if not body.strip():
         raise BodyError("the body is empty")
     cut = _cut_items(body)
-    parts: Iterator[ParsedBody]
+    read: Callable[[], Iterator[ParsedBody]]
     where: Callable[[], str] | None = None
     if cut is None:
         # JSON Lines, one event, or no JSON: orjson stops at the end of the first value (a line) or
@@ -123,21 +123,23 @@ def parse_parts(body: bytes, max_event_bytes: int, size: int) -> Iterator[Parsed
             document = _loads(body)
         except orjson.JSONDecodeError as exc:
             where = partial(_where, exc)
-            parts = _line_parts(body, size, max_event_bytes, where)
+            read = partial(_line_parts, body, size, max_event_bytes, where)
         else:
-            parts = iter([_check_usable(_parse_document(document, body, max_event_bytes))])
+            whole = _check_usable(_parse_document(document, body, max_event_bytes))
+            read = partial(iter, [whole])
     elif not _is_plain(cut, body):
         # A page with more than its `logs` to read, or odd bytes around the document: read whole.
-        parts = iter([parse_body(body, max_event_bytes)])
+        whole = parse_body(body, max_event_bytes)
+        read = partial(iter, [whole])
     elif (error := _first_error(cut, body, size)) is None:
-        parts = _document_parts(cut, body, size, max_event_bytes)
+        read = partial(_document_parts, cut, body, size, max_event_bytes)
     elif error.startswith(_ITEM_ERRORS):
-        parts = _item_parts(cut, body, size, max_event_bytes)
+        read = partial(_item_parts, cut, body, size, max_event_bytes)
     else:
         # Where the error lies in the whole body is wanted only to refuse it: orjson finds it.
         where = partial(_where_in, body)
-        parts = _line_parts(body, size, max_event_bytes, where)
-    yield from _from_first_event(parts, where)
+        read = partial(_line_parts, body, size, max_event_bytes, where)
+    yield from _from_first_event(read, where)
 
 
 def _check_usable(parsed: ParsedBody) -> ParsedBody:
@@ -160,24 +162,35 @@ def _where_in(body: bytes) -> str:
     raise AssertionError("a body read as broken JSON that orjson reads")
 
 
-def _from_first_event(parts: Iterator[ParsedBody], where: Callable[[], str] | None) -> Iterator[ParsedBody]:
-    """The parts, held back until one has an event; BodyError, as parse_body says it, if none has.
-    `where`: for JSON Lines, where orjson found the body broken."""
-    held: list[ParsedBody] = []
-    for part in parts:
-        held.append(part)
+def _from_first_event(
+    read: Callable[[], Iterator[ParsedBody]], where: Callable[[], str] | None
+) -> Iterator[ParsedBody]:
+    """The parts `read` gives, once one has an event; BodyError, as parse_body says it, if none has.
+    `where`: for JSON Lines, where orjson found the body broken.
+
+    The parts before the first with an event are let go as they are read, all but the first rejection
+    (a body of 16 MiB of bad lines held them all, 2 GB), and read again from the start once it comes."""
+    parts = read()
+    first: Rejected | None = None
+    framing: Framing | None = None
+    for count, part in enumerate(parts):
         if part.events:
-            yield from held
-            held.clear()  # each part is let go once handed out
+            if count:
+                parts = read()
+            else:
+                yield part
             yield from parts
             return
-    first = next((part.rejected[0] for part in held if part.rejected), None)
+        framing = part.framing
+        first = first or next(iter(part.rejected), None)
+    if framing is None:
+        return
     if first is None:  # nothing at all, such as `[]`: not refused
-        yield from held
+        yield ParsedBody(framing)
         return
     if where is not None and first.reason.startswith("invalid JSON"):
         raise BodyError(where())
-    _check_usable(ParsedBody(held[0].framing, [], [first]))
+    _check_usable(ParsedBody(framing, [], [first]))
 
 
 def _parse_lines(body: bytes, max_event_bytes: int) -> ParsedBody:

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from app.auth0.stream import BodyError, parse_body, to_event
+from app.auth0.stream import BodyError, parse_body, parse_parts, to_event
 from app.ingest import to_rows
 from tests.factories import Format, envelope, make_event, make_stream_body
 
@@ -412,3 +412,22 @@ def test_parse_parts_reads_a_body_as_parse_body(body: bytes, size: int) -> None:
     except BodyError as exc:
         whole = str(exc)
     assert_read_in_parts_as_whole(body, size, whole)
+
+
+def test_parse_parts_holds_no_part_before_the_first_event() -> None:
+    """Parts without an event were held until one came: 16 MiB of bad lines took 2 GB. They are read
+    again from the start once an event comes."""
+    event = orjson.dumps(envelope(make_event()))
+    body = b"x\n" * 100_000 + event
+    tracemalloc.start()
+    try:
+        parts = parse_parts(body, MAX, 1000)
+        first = next(parts)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [r.position for r in first.rejected] == list(range(1, 1001))  # from the start
+    rest = list(parts)
+    assert [e.position for e in rest[-1].events] == [100_001]
+    assert sum(part.received for part in [first, *rest]) == 100_001
+    assert peak < 4 * 1024 * 1024, peak  # a part or two; all of them took over 20 MB

@@ -61,7 +61,7 @@ _RESPONSES: Responses = {
             }
         },
     },
-    400: error("Nothing in the body is usable; `detail` names the line or offset."),
+    400: error("The body is not JSON (or empty, a scalar, bad gzip); `detail` names the line or offset."),
     401: error("A missing or wrong token."),
     403: error("API_TOKEN or ADMIN_TOKEN, which cannot ingest."),
     413: error("The body (or its decompressed form) exceeds MAX_BODY_BYTES."),
@@ -76,13 +76,8 @@ _BODY = {
     "`Content-Encoding: gzip` is accepted.",
     "content": {
         "application/json": {
-            # An array with an event in it: items that are not events are quarantined, not refused.
-            "schema": {
-                "anyOf": [
-                    {"type": "array", "anyOf": [{"maxItems": 0}, {"contains": {"type": "object"}}]},
-                    {"type": "object"},
-                ]
-            },
+            # Any array: items that are not events are quarantined, not refused, even with no event.
+            "schema": {"anyOf": [{"type": "array"}, {"type": "object"}]},
             "example": {
                 "log_id": "90020261123100000000000000001",
                 "data": {
@@ -178,7 +173,7 @@ def _batches(
     """The body's batches of at most COMMIT_MAX_ROWS lines or items, each made when asked for: a large
     body is parsed and made into rows a part at a time, so that the objects of one part only exist at
     once, and each part is one transaction however large the body. BadRequest before the first batch
-    if nothing in the body is usable."""
+    if the body is refused whole (parse_body)."""
     if gzipped:
         body = _gunzip(body, settings.max_body_bytes)
     size = settings.commit_max_rows

@@ -66,14 +66,22 @@ class ParsedBody:
     framing: Framing
     events: list[StreamEvent] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    broken: int = 0  # of the rejected, lines that are not JSON at all
 
     @property
     def received(self) -> int:
         return len(self.events) + len(self.rejected)
 
+    @property
+    def is_json(self) -> bool:
+        """Whether anything in it is JSON: a body with no line that is, is refused whole."""
+        return self.received > self.broken
+
 
 def parse_body(body: bytes, max_event_bytes: int) -> ParsedBody:
-    """Split a stream body into events and rejected items; raise BodyError if nothing is usable."""
+    """Split a stream body into events and rejected items; raise BodyError if the body is not one a log
+    stream sends: empty, not JSON (no line of it is), a JSON scalar. A body of lines or items none of
+    which is an event is not refused: each is rejected alone, as beside a good one."""
     if body.startswith(_BOM):
         body = b"   " + body[len(_BOM) :]  # blanked, not cut, so positions stay those of the body as sent
     if not body.strip():
@@ -86,17 +94,18 @@ def parse_body(body: bytes, max_event_bytes: int) -> ParsedBody:
         split = _split_items(body) if exc.msg.startswith(_ITEM_ERRORS) else None
         if split is not None:
             parsed = _parse_items(*split, max_event_bytes)
+        elif (lone := _lone_event(body, exc)) is not None:
+            parsed = lone
         elif b"\n" not in body:
             raise BodyError(where) from None
         else:
-            # Several lines are read as JSON Lines, which keeps every good line. If none is good and
-            # the first is broken JSON, the body was one broken document: say where it breaks.
+            # Several lines are read as JSON Lines, which keeps every good line. If none is JSON, the
+            # body was one broken document: say where it breaks.
             parsed = _parse_lines(body, max_event_bytes)
-            if not parsed.events and parsed.rejected[0].reason.startswith("invalid JSON"):
+            if not parsed.is_json:
                 raise BodyError(where) from None
     else:
         parsed = _parse_document(document, body, max_event_bytes)
-    _check_usable(parsed)
     return parsed
 
 
@@ -107,8 +116,8 @@ def parse_parts(body: bytes, max_event_bytes: int, size: int) -> Iterator[Parsed
     A body that is one event, or an odd document that only orjson can tell apart, is read whole, in
     one part.
 
-    No part comes before one with an event: a body without any is refused (BodyError) before the first
-    part, so nothing of it is stored."""
+    A body parse_body refuses is refused (BodyError) before the first part, so nothing of it is
+    stored."""
     if body.startswith(_BOM):
         body = b"   " + body[len(_BOM) :]
     if not body.strip():
@@ -124,8 +133,10 @@ def parse_parts(body: bytes, max_event_bytes: int, size: int) -> Iterator[Parsed
         except orjson.JSONDecodeError as exc:
             where = partial(_where, exc)
             read = partial(_line_parts, body, size, max_event_bytes, where)
+            if (lone := _lone_event(body, exc)) is not None:
+                read = partial(iter, [lone])
         else:
-            whole = _check_usable(_parse_document(document, body, max_event_bytes))
+            whole = _parse_document(document, body, max_event_bytes)
             read = partial(iter, [whole])
     elif not _is_plain(cut, body):
         # A page with more than its `logs` to read, or odd bytes around the document: read whole.
@@ -139,15 +150,37 @@ def parse_parts(body: bytes, max_event_bytes: int, size: int) -> Iterator[Parsed
         # Where the error lies in the whole body is wanted only to refuse it: orjson finds it.
         where = partial(_where_in, body)
         read = partial(_line_parts, body, size, max_event_bytes, where)
-    yield from _from_first_event(read, where)
+    yield from _from_first_json(read, where)
 
 
-def _check_usable(parsed: ParsedBody) -> ParsedBody:
-    if not parsed.events and parsed.rejected:
-        first = parsed.rejected[0]
-        where = "line" if parsed.framing == "jsonl" else "item"
-        raise BodyError(f"no valid event; {where} {first.position}: {first.reason}")
-    return parsed
+def _lone_event(body: bytes, exc: orjson.JSONDecodeError) -> ParsedBody | None:
+    """A body that is one object with a value orjson cannot hold, as one rejected item; else None."""
+    if not exc.msg.startswith(_ITEM_ERRORS) or not body.lstrip().startswith(b"{") or not _is_one_value(body):
+        return None
+    return ParsedBody("object", rejected=[Rejected(0, _reason(exc, ""), body.strip())])
+
+
+def _is_one_value(text: bytes) -> bool:
+    """Whether `text` is one object or array as far as its brackets and strings tell: they match and
+    end, and nothing follows. For a value orjson stopped in (a number beyond a double, nesting past 1024
+    levels) without reading the rest: only then is it taken for JSON that orjson cannot hold."""
+    start = len(text) - len(text.lstrip())
+    if not text.startswith((b"{", b"["), start):
+        return False
+    opened = bytearray()
+    for token in _TOKENS.finditer(text, start):
+        char = text[token.start()]
+        if char == _QUOTE:
+            if token.end() - token.start() == 1:
+                return False  # a string that never ends
+        elif char in _OPENERS:
+            opened.append(char)
+        elif char in _CLOSERS:
+            if not opened or opened.pop() != _OPENERS[_CLOSERS.index(char)]:
+                return False
+            if not opened:
+                return not text[token.end() :].strip()
+    return False
 
 
 def _where(exc: orjson.JSONDecodeError) -> str:
@@ -162,35 +195,31 @@ def _where_in(body: bytes) -> str:
     raise AssertionError("a body read as broken JSON that orjson reads")
 
 
-def _from_first_event(
+def _from_first_json(
     read: Callable[[], Iterator[ParsedBody]], where: Callable[[], str] | None
 ) -> Iterator[ParsedBody]:
-    """The parts `read` gives, once one has an event; BodyError, as parse_body says it, if none has.
-    `where`: for JSON Lines, where orjson found the body broken.
+    """The parts `read` gives, once one has a line or item that is JSON; BodyError, as parse_body says
+    it, if none has. `where`: for JSON Lines, where orjson found the body broken.
 
-    The parts before the first with an event are let go as they are read, all but the first rejection
-    (a body of 16 MiB of bad lines held them all, 2 GB), and read again from the start once it comes."""
+    The parts before it are let go as they are read (a body of 16 MiB of bad lines held them all,
+    2 GB), and read again from the start once it comes."""
     parts = read()
-    first: Rejected | None = None
     framing: Framing | None = None
+    broken = False
     for count, part in enumerate(parts):
-        if part.events:
+        if part.is_json:
             if count:
                 parts = read()
             else:
                 yield part
             yield from parts
             return
-        framing = part.framing
-        first = first or next(iter(part.rejected), None)
-    if framing is None:
-        return
-    if first is None:  # nothing at all, such as `[]`: not refused
-        yield ParsedBody(framing)
-        return
-    if where is not None and first.reason.startswith("invalid JSON"):
+        framing, broken = part.framing, broken or bool(part.received)
+    if broken:
+        assert where is not None, "only lines are not JSON, and then orjson says where the body breaks"
         raise BodyError(where())
-    _check_usable(ParsedBody(framing, [], [first]))
+    if framing is not None:  # nothing at all, such as `[]`: not refused
+        yield ParsedBody(framing)
 
 
 def _parse_lines(body: bytes, max_event_bytes: int) -> ParsedBody:
@@ -204,7 +233,7 @@ def _parse_lines(body: bytes, max_event_bytes: int) -> ParsedBody:
             reason = f"{len(line)} bytes exceeds MAX_EVENT_BYTES ({max_event_bytes})"
             parsed.rejected.append(Rejected(number, reason, line))
             continue
-        _add_raw(parsed, number, line, "", max_event_bytes)
+        _add_raw(parsed, number, line, False, max_event_bytes)
     return parsed
 
 
@@ -237,7 +266,7 @@ def _add_line(parsed: ParsedBody, number: int, line: bytes, max_event_bytes: int
         reason = f"{len(line)} bytes exceeds MAX_EVENT_BYTES ({max_event_bytes})"
         parsed.rejected.append(Rejected(number, reason, line))
         return
-    _add_raw(parsed, number, line, "", max_event_bytes)
+    _add_raw(parsed, number, line, False, max_event_bytes)
 
 
 def _parse_document(document: object, body: bytes, max_event_bytes: int) -> ParsedBody:
@@ -264,19 +293,25 @@ def _parse_document(document: object, body: bytes, max_event_bytes: int) -> Pars
 def _parse_items(framing: Framing, items: list[bytes], max_event_bytes: int) -> ParsedBody:
     parsed = ParsedBody(framing)
     for index, raw in enumerate(items):
-        _add_raw(parsed, index, raw, " of the item", max_event_bytes)
+        _add_raw(parsed, index, raw, True, max_event_bytes)
     return parsed
 
 
-def _add_raw(parsed: ParsedBody, position: int, raw: bytes, where: str, max_event_bytes: int) -> None:
-    """One line or item, as sent: its event, or its rejection."""
+def _add_raw(parsed: ParsedBody, position: int, raw: bytes, item: bool, max_event_bytes: int) -> None:
+    """One line, or item of an array cut from the body, as sent: its event, or its rejection."""
     try:
-        item = _loads(raw)
+        value = _loads(raw)
     except orjson.JSONDecodeError as exc:
-        reason = f"invalid JSON at column {exc.colno}{where}: {exc.msg}"
-        parsed.rejected.append(Rejected(position, reason, raw))
+        parsed.rejected.append(Rejected(position, _reason(exc, " of the item" if item else ""), raw))
+        # An item's brackets are those of the array it was cut from; a line has only its own.
+        if not exc.msg.startswith(_ITEM_ERRORS) or not (item or _is_one_value(raw)):
+            parsed.broken += 1
         return
-    _add_item(parsed, position, item, raw, max_event_bytes)
+    _add_item(parsed, position, value, raw, max_event_bytes)
+
+
+def _reason(exc: orjson.JSONDecodeError, where: str) -> str:
+    return f"invalid JSON at column {exc.colno}{where}: {exc.msg}"
 
 
 def _split_items(body: bytes) -> tuple[Framing, list[bytes]] | None:
@@ -427,7 +462,7 @@ def _item_parts(cut: _Cut, body: bytes, size: int, max_event_bytes: int) -> Iter
     for first in range(0, len(cut), size):
         parsed = ParsedBody(cut.framing)
         for index in range(first, min(first + size, len(cut))):
-            _add_raw(parsed, index, cut.item(body, index), " of the item", max_event_bytes)
+            _add_raw(parsed, index, cut.item(body, index), True, max_event_bytes)
         yield parsed
 
 

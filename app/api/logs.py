@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
 import zlib
 from collections.abc import Iterator
@@ -252,27 +253,39 @@ async def read_body(request: Request, limit: int) -> tuple[bytes, bool]:
 
 def _gunzip(body: bytes, limit: int) -> bytes:
     # A gzip body may hold several members (RFC 1952 2.2), and zero bytes after one are padding:
-    # inflate each, as `gzip -d` and Python's gzip module read them.
+    # inflate each, as `gzip -d` and Python's gzip module read them. Each member is fed from a view of
+    # the body in chunks that start small and grow, so that what zlib copies back (the input after a
+    # member's end) is at most about the member's own size: fed the whole rest of the body, 160,000
+    # small members took 34 s.
+    view = memoryview(body)
     parts: list[bytes] = []
     size = 0
-    offset = 0  # where the member being read starts in the body
-    while body:
+    start = 0  # where the member being read starts in the body
+    while (padding := _NOT_ZERO.search(body, start)) is not None:
+        start = fed = padding.start()
+        chunk = _FIRST_CHUNK
         inflater = zlib.decompressobj(zlib.MAX_WBITS | 16)
-        try:
-            data = inflater.decompress(body, limit + 1 - size)  # bounded: a gzip bomb stops at the limit
-        except zlib.error as exc:
-            where = f" from byte {offset} on" if offset else ""
-            raise BadRequest(f"the body is not valid gzip{where}: {exc}") from None
-        size += len(data)
-        if size > limit or inflater.unconsumed_tail:
-            raise PayloadTooLarge(f"the decompressed body exceeds MAX_BODY_BYTES ({limit})")
-        if not inflater.eof:
-            raise BadRequest("the gzip body is truncated")
-        parts.append(data)
-        rest = inflater.unused_data.lstrip(b"\0")
-        offset += len(body) - len(rest)
-        body = rest
+        while not inflater.eof:
+            if fed == len(body):
+                raise BadRequest("the gzip body is truncated")
+            try:
+                # bounded: a gzip bomb stops at the limit
+                data = inflater.decompress(view[fed : fed + chunk], limit + 1 - size)
+            except zlib.error as exc:
+                where = f" from byte {start} on" if start else ""
+                raise BadRequest(f"the body is not valid gzip{where}: {exc}") from None
+            fed = min(fed + chunk, len(body))
+            chunk = min(chunk * 2, _LAST_CHUNK)
+            size += len(data)
+            if size > limit or inflater.unconsumed_tail:
+                raise PayloadTooLarge(f"the decompressed body exceeds MAX_BODY_BYTES ({limit})")
+            parts.append(data)
+        start = fed - len(inflater.unused_data)
     return b"".join(parts)
+
+
+_NOT_ZERO = re.compile(rb"[^\0]")
+_FIRST_CHUNK, _LAST_CHUNK = 256, 256 * 1024
 
 
 class IngestFastPath:

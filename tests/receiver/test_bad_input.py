@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import AsyncIterator, Callable
+from random import Random
 from typing import Any
 
 import httpx
@@ -146,6 +147,26 @@ async def test_gzip_zero_padding_is_read_and_trailing_garbage_named(
     detail = assert_error(await client.post("/api/logs", content=padded_garbage, headers=headers), 400)
     assert f"not valid gzip from byte {len(member) + 3} on" in detail, detail
     assert await count_events(engine) == 1
+
+
+async def test_gzip_of_many_members_is_read_whole(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
+    """Thousands of small members, zero padding between some, and members larger than what the
+    receiver feeds zlib at once: every line of every member is read, in order."""
+    random = Random(7)
+    small = [make_event() for _ in range(5000)]
+    large = [make_event(description=random.randbytes(300).hex()) for _ in range(2000)]
+    members = [gzip.compress(make_stream_body([event]), mtime=0) for event in small[:2500]]
+    members.append(gzip.compress(make_stream_body(large), mtime=0))
+    members += [
+        gzip.compress(make_stream_body([event]), mtime=0) + bytes(n % 3)
+        for n, event in enumerate(small[2500:])
+    ]
+    assert len(members[2500]) > 512 * 1024
+    body = b"".join(members)
+    response = await client.post("/api/logs", content=body, headers=auth() | {"Content-Encoding": "gzip"})
+    assert response.status_code == 200, response.text
+    assert (response.json()["received"], response.json()["stored"]) == (7000, 7000)
+    assert await stored_ids(engine) == {event["log_id"] for event in small + large}
 
 
 @pytest.mark.parametrize("encoding", ["br", "deflate", "compress", "zstd", "gzip, gzip"])

@@ -66,7 +66,7 @@ _RESPONSES: Responses = {
     401: error("A missing or wrong token."),
     403: error("API_TOKEN or ADMIN_TOKEN, which cannot ingest."),
     413: error("The body (or its decompressed form) exceeds MAX_BODY_BYTES."),
-    415: error("A Content-Encoding other than gzip."),
+    415: error("A Content-Encoding that lists a coding other than gzip (or identity)."),
     503: error("The database did not take the events; the sender should retry."),
 }
 # The route reads its body itself (FastAPI sees no body parameter), so the document says what it takes.
@@ -169,13 +169,13 @@ class _Tally:
 
 
 def _batches(
-    body: bytes, gzipped: bool, settings: Settings, received_at: datetime, tally: _Tally
+    body: bytes, gzipped: int, settings: Settings, received_at: datetime, tally: _Tally
 ) -> Iterator[Batch]:
     """The body's batches of at most COMMIT_MAX_ROWS lines or items, each made when asked for: a large
     body is parsed and made into rows a part at a time, so that the objects of one part only exist at
     once, and each part is one transaction however large the body. BadRequest before the first batch
     if the body is refused whole (parse_body)."""
-    if gzipped:
+    for _ in range(gzipped):
         body = _gunzip(body, settings.max_body_bytes)
     size = settings.commit_max_rows
     tally.in_parts = len(body) > _LARGE_BODY_BYTES
@@ -230,11 +230,13 @@ def _cut(
         yield Batch(rows[start:end], lines, "stream", received_at, digest)
 
 
-async def read_body(request: Request, limit: int) -> tuple[bytes, bool]:
-    """The request body and whether it is gzip, refusing more than `limit` bytes before reading it all."""
+async def read_body(request: Request, limit: int) -> tuple[bytes, int]:
+    """The request body and how many times it is gzipped, refusing more than `limit` bytes before
+    reading it all."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"the body is {declared} bytes; MAX_BODY_BYTES is {limit}")
+    gzipped = _gzip_layers(request.headers.getlist("content-encoding"))
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -242,13 +244,17 @@ async def read_body(request: Request, limit: int) -> tuple[bytes, bool]:
         if size > limit:
             raise PayloadTooLarge(f"the body exceeds MAX_BODY_BYTES ({limit})")
         chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding in ("", "identity"):
-        return body, False
-    if encoding not in ("gzip", "x-gzip"):
-        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; use gzip")
-    return body, True
+    return b"".join(chunks), gzipped
+
+
+def _gzip_layers(fields: list[str]) -> int:
+    """How many times the body is gzipped, from its Content-Encoding: a list of the codings applied, in
+    order, over one field or several, with empty elements ignored (RFC 9110 8.4, 5.6.1). `identity`
+    is no coding; any but it and gzip (`x-gzip`) is refused."""
+    codings = [coding.strip().lower() for field in fields for coding in field.split(",")]
+    if unknown := [coding for coding in codings if coding not in ("", "identity", "gzip", "x-gzip")]:
+        raise UnsupportedMediaType(f"Content-Encoding {unknown[0]!r} is not supported; use gzip")
+    return sum(coding in ("gzip", "x-gzip") for coding in codings)
 
 
 def _gunzip(body: bytes, limit: int) -> bytes:

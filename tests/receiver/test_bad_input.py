@@ -169,11 +169,37 @@ async def test_gzip_of_many_members_is_read_whole(client: httpx.AsyncClient, eng
     assert await stored_ids(engine) == {event["log_id"] for event in small + large}
 
 
-@pytest.mark.parametrize("encoding", ["br", "deflate", "compress", "zstd", "gzip, gzip"])
+@pytest.mark.parametrize("encoding", ["br", "deflate", "compress", "zstd", "gzip, br", "identity, zstd"])
 async def test_unsupported_content_encoding(client: httpx.AsyncClient, encoding: str) -> None:
     body = make_stream_body([make_event()])
     response = await client.post("/api/logs", content=body, headers=auth() | {"Content-Encoding": encoding})
     assert_error(response, 415, "gzip")
+
+
+@pytest.mark.parametrize(
+    ("fields", "times"),
+    [
+        (["gzip, identity"], 1),
+        (["identity, GZIP"], 1),
+        (["x-gzip ,,"], 1),  # an empty element is ignored
+        (["identity"], 0),
+        (["gzip, gzip"], 2),  # gzipped twice, listed in the order applied
+        (["gzip", "gzip"], 2),  # the same list over two fields
+    ],
+)
+async def test_content_encoding_is_a_list_of_codings(
+    client: httpx.AsyncClient, engine: AsyncEngine, fields: list[str], times: int
+) -> None:
+    """RFC 9110 8.4: the codings applied, in order, comma-separated; identity is none. `gzip, identity`
+    was a 415."""
+    event = make_event()
+    body = make_stream_body([event])
+    for _ in range(times):
+        body = gzip.compress(body)
+    headers = [("Authorization", INGEST_TOKEN), *(("Content-Encoding", field) for field in fields)]
+    response = await client.post("/api/logs", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert await stored_ids(engine) == {event["log_id"]}
 
 
 # --- nothing parseable ----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 from app import metrics
 from app.api.deps import authorize
 from app.api.error_docs import Responses, error
-from app.auth0.stream import BodyError, Framing, Rejected, parse_body, parse_parts
+from app.auth0.stream import BodyError, Framing, ParsedBody, Rejected, parse_body, parse_parts
 from app.config import Settings
 from app.context import Context
 from app.errors import (
@@ -184,7 +184,7 @@ def _batches(
         if tally.in_parts:
             parts = parse_parts(body, settings.max_event_bytes, size)
         else:
-            parts = iter([parse_body(body, settings.max_event_bytes)])
+            parts = _whole(body, settings.max_event_bytes)
         for part in parts:
             rows, unstorable = to_rows(part.events, "stream", received_at)
             tally.framing = part.framing
@@ -203,6 +203,13 @@ def _batches(
             del rows, kept
     except BodyError as exc:
         raise BadRequest(str(exc)) from None
+
+
+def _whole(body: bytes, max_event_bytes: int) -> Iterator[ParsedBody]:
+    """parse_body's one part, held by no one but the caller (a list iterator holds its list until the
+    next call), which lets its events go before the commit is awaited: less for the event loop to
+    keep, and to collect, while requests wait on commits."""
+    yield parse_body(body, max_event_bytes)
 
 
 def _quarantined(rejected: list[Rejected], before: int, body: bytes, framing: Framing) -> list[Rejected]:

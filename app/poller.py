@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app import metrics, poller_state, reports
 from app.auth0 import management
 from app.auth0.management import LogsPage, ManagementClient, ManagementError
-from app.auth0.stream import StreamEvent, to_event
+from app.auth0.stream.event import StreamEvent, to_event
 from app.config import Settings
 from app.context import Context, open_context
 from app.ingest import Batch, parse_date, store_batches, to_rows

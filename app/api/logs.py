@@ -21,7 +21,9 @@ from starlette.types import Receive, Scope, Send
 from app import metrics
 from app.api.deps import authorize
 from app.api.error_docs import Responses, error
-from app.auth0.stream import BodyError, Framing, ParsedBody, Rejected, parse_body, parse_parts
+from app.auth0.stream.body import parse_body
+from app.auth0.stream.parsed import BodyError, Framing, ParsedBody, Rejected
+from app.auth0.stream.parts import parse_parts
 from app.config import Settings
 from app.context import Context
 from app.errors import (

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import ingest
 from app.api import logs
-from app.auth0.stream import StreamEvent
+from app.auth0.stream.event import StreamEvent
 from app.config import Settings
 from app.ingest import Batch, StoreResult
 from app.models import OutboxItem

@@ -9,7 +9,10 @@ from typing import Any
 import orjson
 import pytest
 
-from app.auth0.stream import BodyError, parse_body, parse_parts, to_event
+from app.auth0.stream.body import parse_body
+from app.auth0.stream.event import to_event
+from app.auth0.stream.parsed import BodyError
+from app.auth0.stream.parts import parse_parts
 from app.ingest import to_rows
 from tests.factories import Format, envelope, make_event, make_stream_body
 

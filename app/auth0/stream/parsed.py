@@ -12,7 +12,7 @@ Framing = Literal["jsonl", "array", "object"]
 
 
 class BodyError(ValueError):
-    """The body holds nothing that can be stored; the message names the line or offset."""
+    """The body is refused whole: empty, not JSON, a JSON scalar; the message names the line or offset."""
 
 
 @dataclass(slots=True)

@@ -19,7 +19,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from app.auth0.catalog import category_of
-from app.auth0.stream import Rejected, StreamEvent, UnencodableEvent, encode, verbatim
+from app.auth0.stream.event import StreamEvent, UnencodableEvent, encode, verbatim
+from app.auth0.stream.parsed import Rejected
 from app.db import RawJSON
 from app.models import QuarantinedLine
 from app.outbox import enqueue

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app import metrics
 from app.auth0 import management
 from app.auth0.management import ManagementError
-from app.auth0.stream import StreamEvent, to_event
+from app.auth0.stream.event import StreamEvent, to_event
 from app.context import Context
 from app.ingest import Batch, parse_date, store_batches, to_rows
 from app.poller.client import management_client

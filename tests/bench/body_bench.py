@@ -2,6 +2,8 @@
 
     python tests/bench/body_bench.py --framings jsonl,array [--database-url postgresql://...]
 
+    python tests/bench/body_bench.py --framings bad,bad+1   # lines that are not JSON
+
 For each framing it starts `logrelay serve` (one process, workers off) on a fresh database, POSTs one
 body of minimal events (`{"log_id":"<unique>"}`) just under MAX_BODY_BYTES, and prints one JSON line:
 the answer's counts, seconds to the answer, the server's RSS before the request and its peak (VmHWM),
@@ -31,7 +33,11 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
 def make_body(framing: str, limit: int = MAX_BODY_BYTES) -> tuple[bytes, int]:
-    """Minimal events with unique ids, as many as fit in `limit` bytes."""
+    """Minimal events with unique ids, as many as fit in `limit` bytes; or, for `bad`, lines that are
+    not JSON (`x`) filling `limit`, and for `bad+1` the same and one event at the end."""
+    if framing.startswith("bad"):
+        event = b'{"log_id":"the-one"}\n' if framing == "bad+1" else b""
+        return b"x\n" * ((limit - len(event)) // 2) + event, int(bool(event))
     items: list[bytes] = []
     size = 2
     while True:
@@ -73,7 +79,7 @@ def count_events(url: str) -> int:
         return int(row[0]) if row else 0
 
 
-def run_one(framing: str, database_url: str | None) -> dict[str, Any]:
+def run_one(framing: str, database_url: str | None, body_bytes: int = MAX_BODY_BYTES) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="logrelay-body-"))
     url = database_url or f"sqlite:///{workdir / 'bench.db'}"
     env = os.environ | {
@@ -106,7 +112,7 @@ def run_one(framing: str, database_url: str | None) -> dict[str, Any]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-        body, events = make_body(framing)
+        body, events = make_body(framing, body_bytes)
         rss_before = status_kib(proc.pid, "VmRSS")
         started = time.perf_counter()
         response = httpx.post(base + "/api/logs", content=body, headers={"Authorization": TOKEN}, timeout=900)
@@ -124,6 +130,7 @@ def run_one(framing: str, database_url: str | None) -> dict[str, Any]:
         "events": events,
         "status": response.status_code,
         "answer": {k: v for k, v in answer.items() if k != "errors"},
+        "answer_bytes": len(response.content),
         "seconds": round(seconds, 2),
         "rss_before_kib": rss_before,
         "peak_rss_kib": peak,
@@ -138,9 +145,12 @@ def main() -> None:
     )
     parser.add_argument("--framings", default="jsonl,array")
     parser.add_argument("--database-url", help="postgresql://...; default: a fresh SQLite file")
+    parser.add_argument(
+        "--body-bytes", type=int, default=MAX_BODY_BYTES, help="the body's size, at most the default"
+    )
     args = parser.parse_args()
     for framing in args.framings.split(","):
-        print(json.dumps(run_one(framing, args.database_url)), flush=True)
+        print(json.dumps(run_one(framing, args.database_url, args.body_bytes)), flush=True)
 
 
 if __name__ == "__main__":

@@ -126,7 +126,7 @@ async def raw_ceiling(url: str, requests: int, concurrency: int) -> int:
 
 
 def _stream_events(n: int) -> list[Any]:
-    from app.auth0.stream import StreamEvent
+    from app.auth0.stream.event import StreamEvent
 
     return [StreamEvent(e["log_id"], e, False) for e in (make_event() for _ in range(n))]
 

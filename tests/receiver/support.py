@@ -38,7 +38,7 @@ def fixture_items(name: str) -> list[dict[str, Any]]:
 
 
 def expected_id(item: dict[str, Any]) -> str:
-    """The id the issue prescribes, worked out here independently of app.auth0.stream."""
+    """The id the issue prescribes, worked out here independently of app.auth0.stream.event."""
     inner = item["data"] if isinstance(item.get("data"), dict) else {}
     return str(item.get("log_id") or inner.get("log_id") or inner.get("_id") or item.get("_id"))
 

@@ -17,7 +17,13 @@ from tests.receiver.support import count_events
 
 @pytest.mark.parametrize(
     "authorization",
-    [INGEST_TOKEN, f"Bearer {INGEST_TOKEN}", f"bearer {INGEST_TOKEN}", f"BEARER {INGEST_TOKEN}"],
+    [
+        INGEST_TOKEN,
+        f"Bearer {INGEST_TOKEN}",
+        f"bearer {INGEST_TOKEN}",
+        f"BEARER {INGEST_TOKEN}",
+        f"Bearer   {INGEST_TOKEN}",  # RFC 9110 11.4: `auth-scheme [ 1*SP ( token68 / ... ) ]`
+    ],
 )
 async def test_accepted(client: httpx.AsyncClient, engine: AsyncEngine, authorization: str) -> None:
     body = make_stream_body([make_event()])
@@ -36,6 +42,7 @@ async def test_accepted(client: httpx.AsyncClient, engine: AsyncEngine, authoriz
         {"Authorization": INGEST_TOKEN + "x"},
         {"Authorization": "Bearer wrong-token"},
         {"Authorization": "Bearer"},
+        {"Authorization": f"Bearer\t{INGEST_TOKEN}"},  # 1*SP: spaces, and a tab is no SP (RFC 5234)
         {"Authorization": f"Basic {INGEST_TOKEN}"},
         {"Authorization": f"{INGEST_TOKEN},{READ_TOKEN}"},
         {"X-Authorization": INGEST_TOKEN},

@@ -22,7 +22,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import Pool
 
-from app.auth0.stream import Rejected, to_event
+from app.auth0.stream.event import to_event
+from app.auth0.stream.parsed import Rejected
 from app.committer import AsyncCommitter, SQLiteCommitter, _outcomes
 from app.config import Settings
 from app.db import make_sqlite_writer_engine, sqlite_path

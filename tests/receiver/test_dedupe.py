@@ -12,7 +12,7 @@ import httpx
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.auth0.stream import to_event
+from app.auth0.stream.event import to_event
 from app.ingest import Batch, insert_events, store_batches, to_rows
 from tests.conftest import auth
 from tests.factories import envelope, make_event, make_stream_body

@@ -5,6 +5,7 @@ quarantined lines)."""
 
 from __future__ import annotations
 
+import gc
 import gzip
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,11 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import ingest
 from app.api import logs
+from app.auth0.stream.event import StreamEvent
 from app.config import Settings
 from app.ingest import Batch, StoreResult
 from app.models import OutboxItem
 from tests.conftest import ADMIN_TOKEN, LiveServer, auth, bearer
-from tests.factories import envelope, make_event
+from tests.factories import envelope, make_event, make_stream_body
 from tests.receiver.support import count_events, quarantined, refusing, stored_ids
 
 PART = 7  # COMMIT_MAX_ROWS in these tests
@@ -200,3 +202,26 @@ async def test_a_failed_later_part_is_a_503_and_the_body_sent_again_is_stored_on
     assert again.status_code == 200, again.text
     assert_answer(again.json(), body, "jsonl", new=0)
     assert len(await quarantined(engine)) == len(body.errors)
+
+
+async def test_no_parsed_event_of_a_body_read_whole_is_held_while_it_is_committed(
+    live: LiveServer, engine: AsyncEngine
+) -> None:
+    """Only the rows wait for the commit: the events they were made of, dicts and all, are let go
+    before it is awaited (a body read whole kept every one of them until the answer)."""
+    committer = live.context.committer
+    store = committer.store
+    held: list[int] = []
+    events = [make_event() for _ in range(200)]
+    ids = {event["log_id"] for event in events}
+
+    async def counting(batch: Batch) -> StoreResult:
+        objects = gc.get_objects()  # other tests' leftovers among them: only this body's are counted
+        held.append(sum(isinstance(thing, StreamEvent) and thing.log_id in ids for thing in objects))
+        return await store(batch)
+
+    committer.store = counting
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=60) as client:
+        response = await client.post("/api/logs", content=make_stream_body(events), headers=auth())
+    assert response.json()["stored"] == 200, response.text
+    assert held == [0]

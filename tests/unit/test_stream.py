@@ -9,7 +9,10 @@ from typing import Any
 import orjson
 import pytest
 
-from app.auth0.stream import BodyError, parse_body, to_event
+from app.auth0.stream.body import parse_body
+from app.auth0.stream.event import to_event
+from app.auth0.stream.parsed import BodyError
+from app.auth0.stream.parts import parse_parts
 from app.ingest import to_rows
 from tests.factories import Format, envelope, make_event, make_stream_body
 
@@ -78,20 +81,40 @@ def test_order_is_kept() -> None:
         (b'"text"', ["string"]),
         (b"null", ["null"]),
         (b"true", ["boolean"]),
-        (b"[1, 2]", ["item 0", "number"]),
-        (b"[[]]", ["item 0", "array"]),
         (b"one\ntwo\n", ["line 1"]),
-        (b'\n\n"x"\n2\n', ["line 3", "string"]),
         (b'\n\n{"broken" 1}\n', ["line 3", "char 12"]),
+        (b"x\n" + b"[" * 2000 + b"\n{1e400", ["line 1", "char 0"]),  # JSON orjson stops in, unclosed
+        (b'{"n": 1e400, "m": [}', ["infinity"]),
         (b"[" * 5000, ["invalid JSON"]),
         (b"\xff\xfe\xfd", ["invalid JSON"]),
     ],
 )
-def test_nothing_usable_raises_naming_where(body: bytes, words: list[str]) -> None:
+def test_a_body_that_is_not_json_raises_naming_where(body: bytes, words: list[str]) -> None:
     with pytest.raises(BodyError) as info:
         parse_body(body, MAX)
     for word in words:
         assert word.lower() in str(info.value).lower(), (word, str(info.value))
+
+
+@pytest.mark.parametrize(
+    ("body", "framing", "positions"),
+    [
+        (b"[1, 2]", "array", [0, 1]),
+        (b"[[]]", "array", [0]),
+        (b'{"logs": [1, "x"]}', "object", [0, 1]),
+        (b'\n\n"x"\n2\n', "jsonl", [3, 4]),
+        (b"not json\n1\n", "jsonl", [1, 2]),  # one line of it is JSON
+        (b"x\n" + b"[" * 2000 + b"]" * 2000, "jsonl", [1, 2]),  # ... which orjson cannot hold
+    ],
+)
+def test_lines_or_items_without_an_event_are_rejected_one_by_one(
+    body: bytes, framing: str, positions: list[int]
+) -> None:
+    """A body that is JSON Lines, an array or a page is read line by line or item by item, whether or
+    not one is an event: each bad one is rejected alone, as beside a good one."""
+    parsed = parse_body(body, MAX)
+    assert (parsed.framing, parsed.events) == (framing, [])
+    assert [r.position for r in parsed.rejected] == positions
 
 
 def test_bad_lines_are_rejected_verbatim_with_their_line_numbers() -> None:
@@ -134,8 +157,11 @@ def test_max_event_bytes(fmt: Format) -> None:
     (rejected,) = parsed.rejected
     assert "MAX_EVENT_BYTES" in rejected.reason
     assert b"x" * 2000 in rejected.raw
-    with pytest.raises(BodyError, match="MAX_EVENT_BYTES"):
-        parse_body(make_stream_body([big], fmt), 1500)
+    alone = parse_body(make_stream_body([big], fmt), 1500)  # rejected alone too, not refused whole
+    assert alone.events == []
+    assert [(r.position, "MAX_EVENT_BYTES" in r.reason) for r in alone.rejected] == [
+        (1 if fmt == "jsonl" and alone.framing == "jsonl" else 0, True)
+    ]
 
 
 # --- to_event -------------------------------------------------------------------------------------------
@@ -304,14 +330,32 @@ def test_a_value_orjson_cannot_hold_fails_its_item_alone(value: str, shape: str)
         b'[{"log_id": "a", "data": {}}, {"n": 1e400}}',  # brackets that do not match
         b'[{"log_id": "a", "data": {}}, {"n": 1e400}, "never ends]',
         b'[{"log_id": "a", "data": {}}, {"n": 1e400}]  [{"log_id": "b", "data": {}}]',
-        b'{"log_id": "a", "data": {"n": 1e400}}',  # one event, not a page
-        b'{"logs": {"n": 1e400}}',
-        b'{"logs": [{"log_id": "a", "data": {}}], "type": "s", "n": 1e400}',
+        b'{"log_id": "a", "data": {"n": 1e400}} {"log_id": "b"}',
+        b'{"log_id": "a", "data": {"n": 1e400}',
     ],
 )
-def test_a_broken_or_single_document_with_such_a_value_is_still_refused(body: bytes) -> None:
+def test_a_broken_document_with_such_a_value_is_still_refused(body: bytes) -> None:
     with pytest.raises(BodyError, match="infinity"):
         parse_body(body, MAX)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"log_id": "a", "data": {"n": 1e400}}',  # one event, not a page
+        b'{"log_id": "a", "data": {"n": ' + b"[" * 1100 + b"]" * 1100 + b"}}",
+        b'{"logs": {"n": 1e400}}',
+        b'{"logs": [{"log_id": "a", "data": {}}], "type": "s", "n": 1e400}',
+        b'\n{\n  "log_id": "a",\n  "data": {"n": -1e400}\n}\n',
+    ],
+)
+def test_a_single_event_with_such_a_value_is_rejected_as_sent(body: bytes) -> None:
+    """As an event with such a value is rejected beside good ones, so it is alone: quarantined."""
+    parsed = parse_body(body, MAX)
+    assert (parsed.framing, parsed.events) == ("object", [])
+    (rejected,) = parsed.rejected
+    assert (rejected.position, rejected.raw) == (0, body.strip())
+    assert "infinity" in rejected.reason or "depth" in rejected.reason
 
 
 def test_a_lone_surrogate_follows_the_same_rules_for_numbers_and_depth() -> None:
@@ -345,8 +389,10 @@ def test_an_item_too_deep_for_json_to_write_is_quarantined_as_sent(framing: str)
     parsed = parse_body(items if framing == "array" else b'{"logs": ' + items + b"}", MAX)
     assert len(parsed.events) == 1
     assert [(r.position, r.raw) for r in parsed.rejected] == [(1, deep)]
-    with pytest.raises(BodyError, match="255 levels"):
-        parse_body(b" " + deep, MAX)
+    alone = parse_body(b" " + deep, MAX)
+    assert [(r.position, r.reason, r.raw) for r in alone.rejected] == [
+        (0, "nested more than 255 levels deep", deep)
+    ]
 
 
 def test_events_keep_no_more_memory_than_their_json() -> None:
@@ -401,6 +447,11 @@ _DEEP_IN_PAGE = b"[" * 1021 + b"]" * 1021  # reads alone and in an array, not th
         b"\xef\xbb\xbf" + _EVENT + b"\n" + _EVENT,
         b"[" + _EVENT + b", 1",
         b'{"log_id": "a", "logs": [1, 2, 3]}',
+        b'{"log_id": "a", "data": {"n": 1e400}}\n',  # one event orjson cannot hold
+        b'{"log_id": "a", "data": {"n": 1e400}',
+        b"x\nnot json\n1\n",  # no event, but a line that is JSON
+        b"x\n" + b"[" * 2000 + b"\nx\n",  # no line that is JSON
+        b"[1, [2], {}]",
     ],
 )
 @pytest.mark.parametrize("size", [1, 2, 3])
@@ -412,3 +463,22 @@ def test_parse_parts_reads_a_body_as_parse_body(body: bytes, size: int) -> None:
     except BodyError as exc:
         whole = str(exc)
     assert_read_in_parts_as_whole(body, size, whole)
+
+
+def test_parse_parts_holds_no_part_before_the_first_event() -> None:
+    """Parts without an event were held until one came: 16 MiB of bad lines took 2 GB. They are read
+    again from the start once an event comes."""
+    event = orjson.dumps(envelope(make_event()))
+    body = b"x\n" * 100_000 + event
+    tracemalloc.start()
+    try:
+        parts = parse_parts(body, MAX, 1000)
+        first = next(parts)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [r.position for r in first.rejected] == list(range(1, 1001))  # from the start
+    rest = list(parts)
+    assert [e.position for e in rest[-1].events] == [100_001]
+    assert sum(part.received for part in [first, *rest]) == 100_001
+    assert peak < 4 * 1024 * 1024, peak  # a part or two; all of them took over 20 MB

@@ -165,7 +165,7 @@ class _Tally:
             listed.extend((r.position, r.reason) for r in rejected[:room])
 
     def errors(self) -> list[dict[str, object]]:
-        where = "line" if self.framing == "jsonl" else "item"
+        where = _unit(self.framing)
         listed = (self.by_parser + self.by_store)[:LISTED_ERRORS]
         return [{where: position, "reason": reason} for position, reason in listed]
 
@@ -214,12 +214,17 @@ def _whole(body: bytes, max_event_bytes: int) -> Iterator[ParsedBody]:
     yield parse_body(body, max_event_bytes)
 
 
+def _unit(framing: Framing) -> str:
+    """What a body's parts are called: lines of JSON Lines, items of an array."""
+    return "line" if framing == "jsonl" else "item"
+
+
 def _quarantined(rejected: list[Rejected], before: int, body: bytes, framing: Framing) -> list[Rejected]:
     """What to quarantine of `rejected`, which come after `before` others of the body: those within
     its first QUARANTINED_LINES, and with the first past them, the body whole."""
     kept = rejected[: max(QUARANTINED_LINES - before, 0)]
     if before <= QUARANTINED_LINES < before + len(rejected):
-        where = "line" if framing == "jsonl" else "item"
+        where = _unit(framing)
         first = rejected[len(kept)].position
         reason = (
             f"the body as received: over {QUARANTINED_LINES} of its {where}s are rejected, and those "

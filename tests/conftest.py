@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,25 @@ PG_URL = os.environ.get("TEST_DATABASE_URL")
 
 def is_postgres() -> bool:
     return bool(PG_URL)
+
+
+SQLITE_THREAD = "(_connection_worker_thread)"  # how threading names aiosqlite's thread per connection
+
+
+@pytest.fixture(autouse=True)
+async def sqlite_threads_end() -> AsyncIterator[None]:
+    """Each test ends only once the SQLite connection threads it started have. A failed connect
+    queues its thread's stop without waiting for it (omnilib/aiosqlite#389): a thread still stopping
+    when the test's event loop closes hands its result to a closed loop and dies with 'Event loop is
+    closed', reported against whichever test runs next. One still running here is a connection left
+    open."""
+    before = set(threading.enumerate())
+    yield
+    deadline = asyncio.get_running_loop().time() + 30.0  # a bound on waiting, not a timing assertion
+    while running := [t for t in threading.enumerate() if t not in before and t.name.endswith(SQLITE_THREAD)]:
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"{len(running)} SQLite connection(s) left open by this test")
+        await asyncio.sleep(0.01)
 
 
 @pytest.fixture(scope="session")

@@ -54,7 +54,7 @@ _FIELDS = (
     LogEvent.id_generated,
 )
 # `data` as JSON text, which answers embed without decoding and encoding it again: SQLite stores it as
-# text already; PostgreSQL renders its JSONB as text (asyncpg would otherwise decode it).
+# text already, and so does PostgreSQL's json column (cast, or asyncpg would decode it).
 _COLUMNS: dict[str, tuple[Any, ...]] = {
     "sqlite": (*_FIELDS, type_coerce(LogEvent.data, Text).label("data")),
     "postgresql": (*_FIELDS, cast(LogEvent.data, Text).label("data")),

@@ -8,7 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -128,3 +130,45 @@ def test_pending_tells_a_fresh_database_from_a_current_one(tmp_path: Path, datab
     assert not migrate.pending(fresh)
     current = Settings(database_url=database_url, _env_file=None)  # type: ignore[call-arg]
     assert not migrate.pending(current)
+
+
+async def test_stored_event_data_survives_the_change_to_json(fresh_settings: Settings) -> None:
+    """0011 makes `data` json on PostgreSQL (it was jsonb): stored events keep their data, both ways."""
+    settings = fresh_settings
+    data = {"type": "f", "log_id": "m1", "details": {"a": ["é", '"q"\n', 2.5, None, True], "b": {}}}
+    pg = is_postgres()
+    insert = sa.text(
+        "INSERT INTO log_events (log_id, date, type, category, data, source, received_at, id_generated) "
+        "VALUES ('m1', '2026-11-24 00:00:00', 'f', 'failure', CAST(:data AS {}), 'stream', "
+        "'2026-11-24 00:00:00', false)".format("jsonb" if pg else "text")
+    )
+    read = sa.text(
+        "SELECT CAST(data AS text), CAST(pg_typeof(data) AS text) FROM log_events"
+        if pg
+        else "SELECT data, typeof(data) FROM log_events"
+    )
+
+    async def run(statement: sa.TextClause, **params: str) -> tuple[dict[str, Any], str] | None:
+        engine = make_engine(settings)
+        try:
+            async with engine.begin() as conn:
+                result = await conn.execute(statement, params)
+                if not result.returns_rows:
+                    return None
+                stored, kind = result.one()
+                return orjson.loads(stored), kind
+        finally:
+            await engine.dispose()
+
+    try:
+        await asyncio.to_thread(migrate.upgrade, settings)
+        await asyncio.to_thread(migrate.downgrade, settings, "0010")
+        await run(insert, data=orjson.dumps(data).decode())
+
+        await asyncio.to_thread(migrate.upgrade, settings)
+        assert await run(read) == (data, "json" if pg else "text")
+
+        await asyncio.to_thread(migrate.downgrade, settings, "0010")
+        assert await run(read) == (data, "jsonb" if pg else "text")
+    finally:
+        await asyncio.to_thread(migrate.upgrade, settings)

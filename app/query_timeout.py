@@ -31,6 +31,7 @@ from typing import Any, Literal
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.errors import QueryTimeout
@@ -59,25 +60,39 @@ async def reading(
 ) -> AsyncIterator[AsyncConnection]:
     """A connection for one read, which the database stops once `seconds` (QUERY_TIMEOUT) have passed
     since the read began, however many statements it runs: QueryTimeout, a 504. No limit when
-    `seconds` is None. PostgreSQL plans it for its actual values: see app.db."""
-    async with engine.connect() as conn, limit(conn, reader, seconds):
-        yield conn
+    `seconds` is None. PostgreSQL plans it for its actual values: see app.db.
+
+    The wait for a pooled connection counts too: with every connection taken by other reads, the pool
+    would otherwise wait its own 30 s first. No connection free in time is a PoolTimeout (a 503, as
+    when the pool gives up itself), and the read then has what is left of `seconds`."""
+    if seconds is None:
+        async with engine.connect() as conn:
+            yield conn
+        return
+    begun = time.monotonic()
+    try:
+        async with asyncio.timeout(seconds):
+            conn = await engine.connect()
+    except TimeoutError:
+        raise PoolTimeout(f"no database connection was free within QUERY_TIMEOUT ({seconds:g} s)") from None
+    read = _Read(reader, seconds, conn.dialect.name == "postgresql", begun + seconds)
+    try:
+        async with _limit(conn, read):
+            yield conn
+    finally:
+        await conn.close()
 
 
 @asynccontextmanager
-async def limit(conn: AsyncConnection, reader: Reader, seconds: float | None) -> AsyncIterator[None]:
-    """Stop what the block runs on `conn` once `seconds` have passed, with QueryTimeout."""
-    if seconds is None:
-        yield
-        return
-    read = _Read(reader, seconds, conn.dialect.name == "postgresql")
+async def _limit(conn: AsyncConnection, read: _Read) -> AsyncIterator[None]:
+    """Stop what the block runs on `conn` at the read's deadline, with QueryTimeout."""
     sync_conn = conn.sync_connection
     assert sync_conn is not None
     event.listen(sync_conn, "before_cursor_execute", read.before_statement)
     timer = None
     if not read.postgres:
         driver = (await conn.get_raw_connection()).driver_connection
-        timer = asyncio.create_task(_interrupt_after(driver, seconds))
+        timer = asyncio.create_task(_interrupt_after(driver, read.deadline - time.monotonic()))
     try:
         yield
     except DBAPIError as exc:
@@ -94,11 +109,11 @@ async def limit(conn: AsyncConnection, reader: Reader, seconds: float | None) ->
 class _Read:
     """One limited read: its deadline, and what each of its statements is given of it."""
 
-    def __init__(self, reader: Reader, seconds: float, postgres: bool) -> None:
+    def __init__(self, reader: Reader, seconds: float, postgres: bool, deadline: float) -> None:
         self.reader = reader
         self.seconds = seconds
         self.postgres = postgres
-        self.deadline = time.monotonic() + seconds
+        self.deadline = deadline  # time.monotonic()
 
     def before_statement(
         self, conn: Connection, _cursor: Any, _sql: str, _params: Any, _context: Any, _many: bool

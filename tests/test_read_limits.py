@@ -134,3 +134,28 @@ async def test_the_limit_holds_for_the_whole_read_not_each_statement(
         assert held == ["destinations", "outbox_items"]
         assert response.status_code == 504, response.text
         assert response.json()["error"] == "query_timeout"
+
+
+async def test_the_wait_for_a_pooled_connection_counts_toward_the_limit(live: LiveServer) -> None:
+    """Every pooled connection taken (by slow reads, say): a read answers 503 once QUERY_TIMEOUT has
+    passed, rather than after the pool's own 30 s, and a scrape answers its counters. None of them
+    keeps a connection, and one given back serves the next read."""
+    engine = live.context.engine
+    pool = engine.pool
+    held = [await engine.connect() for _ in range(pool.size() + pool._max_overflow)]
+    # A client that gives up long before the pool's own wait (30 s) would end.
+    async with httpx.AsyncClient(base_url=live.base_url, timeout=10) as client:
+        try:
+            for path, headers in (("/api/events", bearer(READ_TOKEN)), ("/api/destinations", ADMIN)):
+                response = await client.get(path, headers=headers)
+                assert response.status_code == 503, response.text
+                assert response.json()["error"] == "unavailable"
+            assert sample(await read_metrics(client), "logrelay_database_up") == 0
+            assert pool.checkedout() == len(held)
+
+            await held.pop().close()
+            assert (await client.get("/api/events", headers=bearer(READ_TOKEN))).status_code == 200
+        finally:
+            for conn in held:
+                await conn.close()
+    assert pool.checkedout() == 0

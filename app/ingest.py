@@ -6,6 +6,7 @@ transaction of it on its writer thread, and async callers run it with `AsyncConn
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -140,8 +141,7 @@ def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> set[str]:
     stored: set[str] = set()
     for start in range(0, len(rows), _SQLITE_ROWS_PER_STATEMENT):
         chunk = rows[start : start + _SQLITE_ROWS_PER_STATEMENT]
-        params = [value for row in chunk for value in _sqlite_values(row)]
-        inserted = conn.exec_driver_sql(_sqlite_insert(len(chunk)), tuple(params)).rowcount
+        inserted = conn.exec_driver_sql(_sqlite_insert(len(chunk)), _sqlite_params(chunk)).rowcount
         if inserted == len(chunk):
             stored.update(row["log_id"] for row in chunk)
         elif inserted:
@@ -166,11 +166,21 @@ def _sqlite_insert(count: int) -> str:
     )
 
 
-def _sqlite_values(row: dict[str, Any]) -> tuple[Any, ...]:
-    # Dates as SQLAlchemy's SQLite DATETIME stores them (naive UTC), so that reads parse them back.
-    return tuple(
-        _sqlite_datetime(row[name]) if name in ("date", "received_at") else row[name] for name in _COLUMNS
-    )
+def _sqlite_params(rows: Sequence[dict[str, Any]]) -> tuple[Any, ...]:
+    """The rows' values in _COLUMNS order, for _sqlite_insert. This runs on the SQLite writer thread,
+    ingest's bottleneck, so each row is one itemgetter call, and each distinct datetime (a batch's rows
+    share their received_at) is formatted once: 2.2 µs each, most of the cost."""
+    params: list[Any] = []
+    formatted: dict[datetime, str] = {}
+    for row in rows:
+        values = list(_column_values(row))
+        for index in _DATETIME_INDEXES:
+            value = values[index]
+            if (as_text := formatted.get(value)) is None:
+                as_text = formatted[value] = _sqlite_datetime(value)
+            values[index] = as_text
+        params += values
+    return tuple(params)
 
 
 def _sqlite_datetime(value: datetime) -> str:
@@ -194,6 +204,8 @@ _COLUMNS = {
     "received_at": "timestamptz",
     "id_generated": "boolean",
 }
+_column_values = operator.itemgetter(*_COLUMNS)
+_DATETIME_INDEXES = tuple(index for index, kind in enumerate(_COLUMNS.values()) if kind == "timestamptz")
 _PG_JSON_INSERT = text(
     f"INSERT INTO log_events ({', '.join(_COLUMNS)}) "
     f"SELECT {', '.join(_COLUMNS)} FROM json_to_recordset(CAST(:rows AS json)) "

@@ -40,7 +40,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app import deliveries
-from app.errors import NotFound, QueryTimeout
+from app.errors import NotFound, QueryTimeout, Unavailable
 from app.ingest import StoreResult
 from app.models import Destination
 from app.poller import status as poller_status
@@ -171,7 +171,7 @@ async def _database_families(
                 with contextlib.suppress(NotFound):  # deleted since the list was read: not a failed scrape
                     health.append((destination, await deliveries.destination_health(conn, destination.id)))
             poller = await poller_status.describe(conn, lag_limit) if poller_enabled else None
-    except (SQLAlchemyError, OSError, QueryTimeout) as exc:  # the counters are still worth a scrape
+    except (SQLAlchemyError, OSError, QueryTimeout, Unavailable) as exc:  # the counters are still worth it
         # By class name only: a driver's message may quote the statement.
         log.warning("a scrape could not read the database (%s): only counters answered", type(exc).__name__)
         up.add_metric([], 0)

@@ -31,10 +31,9 @@ from typing import Any, Literal
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.errors import QueryTimeout
+from app.errors import QueryTimeout, Unavailable
 from app.metrics import QUERY_TIMEOUTS
 
 log = logging.getLogger(__name__)
@@ -63,8 +62,8 @@ async def reading(
     `seconds` is None. PostgreSQL plans it for its actual values: see app.db.
 
     The wait for a pooled connection counts too: with every connection taken by other reads, the pool
-    would otherwise wait its own 30 s first. No connection free in time is a PoolTimeout (a 503, as
-    when the pool gives up itself), and the read then has what is left of `seconds`."""
+    would otherwise wait its own 30 s first. No connection free in time is Unavailable (a 503, as when
+    the pool gives up by itself), and the read then has what is left of `seconds`."""
     if seconds is None:
         async with engine.connect() as conn:
             yield conn
@@ -74,7 +73,11 @@ async def reading(
         async with asyncio.timeout(seconds):
             conn = await engine.connect()
     except TimeoutError:
-        raise PoolTimeout(f"no database connection was free within QUERY_TIMEOUT ({seconds:g} s)") from None
+        log.warning("%s read got no database connection within QUERY_TIMEOUT (%g s)", _NAMES[reader], seconds)
+        raise Unavailable(
+            f"no database connection came free within QUERY_TIMEOUT ({seconds:g} s): each is busy with "
+            "another read; retry"
+        ) from None
     read = _Read(reader, seconds, conn.dialect.name == "postgresql", begun + seconds)
     try:
         async with _limit(conn, read):

@@ -136,10 +136,13 @@ async def test_the_limit_holds_for_the_whole_read_not_each_statement(
         assert response.json()["error"] == "query_timeout"
 
 
-async def test_the_wait_for_a_pooled_connection_counts_toward_the_limit(live: LiveServer) -> None:
+async def test_the_wait_for_a_pooled_connection_counts_toward_the_limit(
+    live: LiveServer, caplog: pytest.LogCaptureFixture
+) -> None:
     """Every pooled connection taken (by slow reads, say): a read answers 503 once QUERY_TIMEOUT has
     passed, rather than after the pool's own 30 s, and a scrape answers its counters. None of them
     keeps a connection, and one given back serves the next read."""
+    caplog.set_level(logging.WARNING)
     engine = live.context.engine
     pool = engine.pool
     held = [await engine.connect() for _ in range(pool.size() + pool._max_overflow)]
@@ -149,9 +152,18 @@ async def test_the_wait_for_a_pooled_connection_counts_toward_the_limit(live: Li
             for path, headers in (("/api/events", bearer(READ_TOKEN)), ("/api/destinations", ADMIN)):
                 response = await client.get(path, headers=headers)
                 assert response.status_code == 503, response.text
-                assert response.json()["error"] == "unavailable"
+                assert response.json() == {
+                    "error": "unavailable",
+                    "detail": "no database connection came free within QUERY_TIMEOUT (0.5 s): each is busy "
+                    "with another read; retry",
+                }
             assert sample(await read_metrics(client), "logrelay_database_up") == 0
             assert pool.checkedout() == len(held)
+            logged = [record.getMessage() for record in caplog.records]
+            assert [line for line in logged if "got no database connection" in line] == [
+                f"{reader} read got no database connection within QUERY_TIMEOUT (0.5 s)"
+                for reader in ("a query API", "an admin API", "a /metrics")
+            ]
 
             await held.pop().close()
             assert (await client.get("/api/events", headers=bearer(READ_TOKEN))).status_code == 200

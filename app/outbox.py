@@ -41,20 +41,22 @@ SETTLED = ("delivered", "dead")  # the other statuses: nothing more to send
 UNLEASED: dict[str, Any] = {"lease_until": None, "lease_calls": None}
 
 
-def enqueue(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
-    """Queue each newly stored event for every enabled destination whose filter matches it.
-
-    Runs inside the storing transaction, so an event is never stored without being queued.
-    Costs one SELECT of the enabled destinations and at most one multi-row INSERT.
-    """
+def destination_filters(conn: Connection) -> list[tuple[int, EventFilter]]:
+    """The enabled destinations' filters, by destination id."""
     targets = conn.execute(
         select(Destination.id, Destination.types, Destination.categories, Destination.api_endpoints).where(
             Destination.enabled.is_(True)
         )
     )
-    filters = [(d.id, EventFilter.of(d.types, d.categories, d.api_endpoints)) for d in targets]
-    if not filters:
-        return 0
+    return [(d.id, EventFilter.of(d.types, d.categories, d.api_endpoints)) for d in targets]
+
+
+def queue_items(
+    rows: Sequence[dict[str, Any]], filters: list[tuple[int, EventFilter]]
+) -> list[dict[str, Any]]:
+    """A new_item for each row and each destination whose filter matches it, in row order. The store
+    (app.ingest) writes those of the rows it stores, in the transaction that stores them, so an event
+    is never stored without being queued."""
     items = []
     for row in rows:
         data: dict[str, Any] | None = None
@@ -63,9 +65,7 @@ def enqueue(conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
                 data = orjson.loads(str(row["data"]))  # orjson refuses str subclasses (RawJSON)
             if event_filter.matches(row["type"], row["category"], data or {}):
                 items.append(new_item(destination_id, row["log_id"]))
-    if items:
-        conn.execute(queue(conn.dialect.name), items)
-    return len(items)
+    return items
 
 
 def new_item(destination_id: int, log_id: str) -> dict[str, Any]:

@@ -57,6 +57,8 @@ def queue_items(
     """A new_item for each row and each destination whose filter matches it, in row order. The store
     (app.ingest) writes those of the rows it stores, in the transaction that stores them, so an event
     is never stored without being queued."""
+    if not filters:  # no destination: no walk over the rows on the ingest path
+        return []
     items = []
     for row in rows:
         data: dict[str, Any] | None = None

@@ -1,6 +1,6 @@
 """The `logrelay` command, run as a real subprocess: migrate, serve (first start, restart, bad
-settings) and serve --workers 2 on one SQLite file. Every server binds 127.0.0.1 and is stopped in
-`finally`."""
+settings, a stop while a request waits for its commit) and serve --workers 2 on one SQLite file.
+Every server binds 127.0.0.1 and is stopped in `finally`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -658,6 +659,97 @@ def test_serve_with_two_workers_stores_each_event_once(tmp_path: Path, backend: 
         assert sqlite_count(db) == len(pool)
     else:
         assert asyncio.run(pg_count(str(PG_URL), [e["log_id"] for e in pool])) == len(pool)
+
+
+@contextlib.asynccontextmanager
+async def writes_held(backend: str, db: Path) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """The events table's write lock, held by the test until the block ends; yields a wait that
+    returns once a writer queues behind it (on SQLite, whose waiters cannot be seen, after a second)."""
+    if backend == "sqlite":
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+
+        async def queued() -> None:
+            await asyncio.sleep(1)  # the request is read and its commit begun in milliseconds
+
+        try:
+            yield queued
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        return
+    import asyncpg  # type: ignore[import-untyped]
+
+    conn = await asyncpg.connect(PG_URL)
+    transaction = conn.transaction()
+    await transaction.start()
+    await conn.execute("LOCK TABLE log_events IN SHARE MODE")  # an INSERT waits for it
+
+    async def waiting() -> None:
+        ungranted = "SELECT count(*) FROM pg_locks WHERE relation = 'log_events'::regclass AND NOT granted"
+        deadline = time.monotonic() + 10
+        while not await conn.fetchval(ungranted):
+            assert time.monotonic() < deadline, "the request's commit never began"
+            await asyncio.sleep(0.05)
+
+    try:
+        yield waiting
+    finally:
+        await transaction.rollback()
+        await conn.close()
+
+
+def refuses_connections(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_stop_answers_the_request_waiting_for_its_commit_and_exits_by_the_signal(
+    tmp_path: Path, backend: str
+) -> None:
+    """SIGTERM (a systemd, Docker or Kubernetes stop) while a request waits for its commit: serve stops
+    taking connections at once, commits and answers that request, then ends by the signal, as uvicorn
+    does after its graceful shutdown (143 to a shell: a clean stop to those supervisors)."""
+    db = tmp_path / "stop.db"
+    url = f"sqlite:///{db}" if backend == "sqlite" else str(PG_URL)
+    # A commit timeout longer than the test holds the lock (PostgreSQL waits for half of it).
+    env = clean_env(DATABASE_URL=url, LOG_STREAM_TOKEN="stop-token", COMMIT_TIMEOUT="60")
+    if backend == "postgresql":
+        migrated = run(["migrate"], tmp_path, env)
+        assert migrated.returncode == 0, migrated.stderr
+    run_id = uuid.uuid4().hex  # ids of their own: this test's PostgreSQL database is not emptied
+    events = [make_event(log_id=f"{run_id}-{n}") for n in range(25)]
+    with serve(tmp_path, env) as served:
+        port = int(served.base_url.rsplit(":", 1)[1])
+        async with httpx.AsyncClient(timeout=60) as client:
+            async with writes_held(backend, db) as queued:
+                posted = asyncio.create_task(
+                    client.post(
+                        f"{served.base_url}/api/logs",
+                        content=make_stream_body(events),
+                        headers={"Authorization": "stop-token"},
+                    )
+                )
+                await queued()
+                served.process.send_signal(signal.SIGTERM)
+                deadline = time.monotonic() + 10
+                while not refuses_connections(port):
+                    assert time.monotonic() < deadline, "serve still takes connections after SIGTERM"
+                    await asyncio.sleep(0.05)
+                assert not posted.done(), "the request was answered before its commit could be made"
+            response = await posted
+        assert response.status_code == 200, response.text
+        assert response.json()["stored"] == len(events)
+        assert await asyncio.to_thread(served.process.wait, 30) == -signal.SIGTERM
+    assert "Traceback" not in served.output(), served.output()
+    if backend == "sqlite":
+        assert sqlite_count(db) == len(events)
+    else:
+        assert await pg_count(str(PG_URL), [e["log_id"] for e in events]) == len(events)
 
 
 @pytest.mark.skipif(not shutil.which("openssl"), reason="openssl is needed to make a certificate")

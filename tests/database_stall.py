@@ -8,6 +8,8 @@ the server holds the file open; so the server's own connections stop, in SQLite'
 at the start of the first statement that names each table, for `seconds` or until the block's end.
 That statement then runs in SQLite as it would after any stall: an interrupt that came meanwhile
 stops it.
+
+`write_lock` stalls the server's writes instead: the test holds log_events' write lock for a block.
 """
 
 from __future__ import annotations
@@ -15,15 +17,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import sqlite3
 import threading
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_
 
+from app.config import Settings
+from app.db import sqlite_path
+
 WAITERS = text("SELECT count(*) FROM pg_locks WHERE relation = CAST(:table AS regclass) AND NOT granted")
+
+
+@contextlib.asynccontextmanager
+async def write_lock(engine: AsyncEngine, settings: Settings) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """Another connection holds the write lock on log_events for the block: inserts wait for it.
+
+    Yields a wait that returns once an insert is queued behind the lock. PostgreSQL shows it in
+    pg_locks; SQLite's waiters cannot be seen, so there it returns after a second, ample for a request
+    on an idle server to be read and its commit begun."""
+    if settings.is_sqlite:
+        path = sqlite_path(settings)
+        assert path is not None
+
+        async def after_a_second() -> None:
+            await asyncio.sleep(1)
+
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            yield after_a_second
+            conn.execute("ROLLBACK")
+        return
+    async with engine.begin() as conn:
+        await conn.execute(text("LOCK TABLE log_events IN SHARE ROW EXCLUSIVE MODE"))
+
+        async def queued() -> None:
+            deadline = time.monotonic() + 10
+            while not await conn.scalar(WAITERS, {"table": "log_events"}):
+                assert time.monotonic() < deadline, "no insert queued behind the lock"
+                await asyncio.sleep(0.05)
+
+        yield queued
 
 
 @contextlib.asynccontextmanager

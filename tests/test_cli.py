@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +31,9 @@ import orjson
 import pytest
 
 from app.config import Settings
+from app.db import make_engine
 from tests.conftest import PG_URL, Samples, sample, scrape
+from tests.database_stall import write_lock
 from tests.factories import make_event, make_stream_body
 
 LOGRELAY = Path(sys.executable).with_name("logrelay")
@@ -661,44 +663,6 @@ def test_serve_with_two_workers_stores_each_event_once(tmp_path: Path, backend: 
         assert asyncio.run(pg_count(str(PG_URL), [e["log_id"] for e in pool])) == len(pool)
 
 
-@contextlib.asynccontextmanager
-async def writes_held(backend: str, db: Path) -> AsyncIterator[Callable[[], Awaitable[None]]]:
-    """The events table's write lock, held by the test until the block ends; yields a wait that
-    returns once a writer queues behind it (on SQLite, whose waiters cannot be seen, after a second)."""
-    if backend == "sqlite":
-        blocker = sqlite3.connect(db, isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")
-
-        async def queued() -> None:
-            await asyncio.sleep(1)  # the request is read and its commit begun in milliseconds
-
-        try:
-            yield queued
-        finally:
-            blocker.execute("ROLLBACK")
-            blocker.close()
-        return
-    import asyncpg  # type: ignore[import-untyped]
-
-    conn = await asyncpg.connect(PG_URL)
-    transaction = conn.transaction()
-    await transaction.start()
-    await conn.execute("LOCK TABLE log_events IN SHARE MODE")  # an INSERT waits for it
-
-    async def waiting() -> None:
-        ungranted = "SELECT count(*) FROM pg_locks WHERE relation = 'log_events'::regclass AND NOT granted"
-        deadline = time.monotonic() + 10
-        while not await conn.fetchval(ungranted):
-            assert time.monotonic() < deadline, "the request's commit never began"
-            await asyncio.sleep(0.05)
-
-    try:
-        yield waiting
-    finally:
-        await transaction.rollback()
-        await conn.close()
-
-
 def refuses_connections(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -725,8 +689,10 @@ async def test_a_stop_answers_the_request_waiting_for_its_commit_and_exits_by_th
     events = [make_event(log_id=f"{run_id}-{n}") for n in range(25)]
     with serve(tmp_path, env) as served:
         port = int(served.base_url.rsplit(":", 1)[1])
+        settings = Settings(database_url=url, _env_file=None)  # type: ignore[call-arg]
+        engine = make_engine(settings)
         async with httpx.AsyncClient(timeout=60) as client:
-            async with writes_held(backend, db) as queued:
+            async with write_lock(engine, settings) as queued:
                 posted = asyncio.create_task(
                     client.post(
                         f"{served.base_url}/api/logs",
@@ -742,6 +708,7 @@ async def test_a_stop_answers_the_request_waiting_for_its_commit_and_exits_by_th
                     await asyncio.sleep(0.05)
                 assert not posted.done(), "the request was answered before its commit could be made"
             response = await posted
+        await engine.dispose()
         assert response.status_code == 200, response.text
         assert response.json()["stored"] == len(events)
         assert await asyncio.to_thread(served.process.wait, 30) == -signal.SIGTERM

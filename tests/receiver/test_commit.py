@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import Pool
@@ -26,9 +26,10 @@ from app.auth0.stream.event import to_event
 from app.auth0.stream.parsed import Rejected
 from app.committer import AsyncCommitter, SQLiteCommitter, _outcomes
 from app.config import Settings
-from app.db import make_sqlite_writer_engine, sqlite_path
+from app.db import make_sqlite_writer_engine
 from app.ingest import Batch, StoreResult, to_rows
 from tests.conftest import auth, is_postgres
+from tests.database_stall import write_lock
 from tests.factories import make_event, make_stream_body
 from tests.receiver.support import refusing, stored_ids
 
@@ -65,22 +66,6 @@ async def test_a_refused_batch_fails_alone(client: httpx.AsyncClient, engine: As
     # The receiver goes on working, and the refused batch's good event arrives on the retry.
     response = await post([poison_batch[0]])
     assert response.json()["stored"] == 1
-
-
-@contextlib.asynccontextmanager
-async def write_lock(engine: AsyncEngine, settings: Settings) -> AsyncIterator[None]:
-    """Another connection holds the write lock on log_events for the block: inserts wait for it."""
-    if settings.is_sqlite:
-        path = sqlite_path(settings)
-        assert path is not None
-        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            yield
-            conn.execute("ROLLBACK")
-    else:
-        async with engine.begin() as conn:
-            await conn.execute(text("LOCK TABLE log_events IN SHARE ROW EXCLUSIVE MODE"))
-            yield
 
 
 class RecordingSQLiteCommitter(SQLiteCommitter):
